@@ -1,0 +1,63 @@
+//! The error type shared by every part of the certificate library.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while making, loading, bundling or writing certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// rcgen refused the parameters or the key (bad key file, unsupported algorithm, ...).
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+
+    /// A PEM or DER input could not be understood.
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: String, reason: String },
+
+    /// A user name or device id that cannot be used as a certificate name and file name.
+    #[error("invalid {kind} {name:?}: {reason}")]
+    InvalidName {
+        kind: &'static str,
+        name: String,
+        reason: &'static str,
+    },
+
+    /// A subject alternative name that is neither an IP address nor a valid DNS name.
+    #[error("invalid subject alternative name {san:?}: {reason}")]
+    InvalidSan { san: String, reason: String },
+
+    /// Writing the PKCS#12 bundle failed, or its password is unusable.
+    #[error("PKCS#12 bundle: {0}")]
+    Pkcs12(String),
+
+    /// A file that would be overwritten already exists and overwriting was not asked for.
+    #[error("refusing to overwrite existing file {}", .0.display())]
+    Exists(PathBuf),
+
+    /// The CA files needed to issue more certificates are not there (or only half of them is).
+    #[error("no usable CA in {}: {reason}", dir.display())]
+    MissingCa { dir: PathBuf, reason: String },
+
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CertError {
+    pub(crate) fn invalid(what: impl Into<String>, reason: impl ToString) -> Self {
+        CertError::Invalid {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        CertError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
