@@ -62,7 +62,7 @@ impl Ca {
         validate_common_name(common_name)?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(common_name);
+        params.distinguished_name = ca_distinguished_name(common_name);
         // Path length 0: this CA signs leaves only, never another CA.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -184,9 +184,19 @@ impl Issued {
     }
 }
 
-fn distinguished_name(common_name: &str) -> DistinguishedName {
+/// The CA's subject names the project, so people recognise it in their trust store.
+fn ca_distinguished_name(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "iot-bridge dev");
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+/// Leaves carry only a CN, on purpose: rumqttd (the demo broker) takes a client
+/// certificate's O as a tenant id, refuses the connection unless it is alphanumeric, and
+/// otherwise rewrites the client id to `O.client_id`.
+fn leaf_distinguished_name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
     dn
 }
@@ -194,7 +204,7 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
 fn leaf_params(common_name: &str) -> Result<CertificateParams, CertError> {
     validate_common_name(common_name)?;
     let mut params = CertificateParams::default();
-    params.distinguished_name = distinguished_name(common_name);
+    params.distinguished_name = leaf_distinguished_name(common_name);
     // An explicit CA:false, so no verifier can mistake a leaf for a CA.
     params.is_ca = IsCa::ExplicitNoCa;
     // ECDHE suites only need signatures from the leaf key.
@@ -319,6 +329,15 @@ mod tests {
         let leaf = ca.issue_client("alice").unwrap();
         let err = Ca::from_pem(&leaf.cert_pem, &leaf.key_pem).unwrap_err();
         assert!(err.to_string().contains("not a CA"), "{err}");
+    }
+
+    #[test]
+    fn leaf_subject_is_only_the_common_name() {
+        let ca = Ca::generate("a").unwrap();
+        let leaf = ca.issue_client("lamp-1").unwrap();
+        let (_, x509) = X509Certificate::from_der(&leaf.cert_der).unwrap();
+        assert_eq!(x509.subject().to_string(), "CN=lamp-1");
+        assert_eq!(x509.issuer().to_string(), "O=iot-bridge dev, CN=a");
     }
 
     #[test]
