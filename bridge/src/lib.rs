@@ -1,0 +1,134 @@
+//! iot-bridge: a bridge between an MQTT broker (devices) and WebSocket clients (people and
+//! programs), with mutual TLS on both sides.
+//!
+//! Data flow:
+//! - [`mqtt_link`] owns the broker connection; it decodes device messages ([`topic`], [`payload`])
+//!   once and hands them to the [`hub`].
+//! - [`hub`] keeps each device's meta, presence, state, last telemetry and sequence number,
+//!   encodes each outgoing message once ([`protocol`]) and pushes the shared bytes into the
+//!   [`outbox`] of every subscribed session. It never waits on a session.
+//! - [`server`] accepts TLS connections (client certificate required, [`tls`]) and serves the
+//!   dashboard, health paths and `/ws`; each WebSocket is a [`session`] task that decodes
+//!   requests and writes its outbox in batches.
+//! - [`commands`] tracks commands from a session to a device and back (id, deadline, ack).
+//!
+//! [`run`] wires them together; the binary only parses flags, loads [`config`] and binds.
+
+pub mod commands;
+pub mod config;
+pub mod hub;
+pub mod mqtt_link;
+pub mod outbox;
+pub mod payload;
+pub mod protocol;
+pub mod resume;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod topic;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+/// Sockets bound by the caller (the binary, or a test on port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    pub https: TcpListener,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Link(#[from] mqtt_link::LinkError),
+}
+
+/// What every connection and session shares.
+pub struct Shared {
+    pub config: Config,
+    pub instance: String,
+    pub hub: Arc<hub::Hub>,
+    pub commands: Arc<commands::Commands>,
+    pub link: mqtt_link::LinkHandle,
+    /// Cancelled when the bridge is asked to stop: no new connections.
+    pub shutdown: CancellationToken,
+    /// Cancelled once in-flight commands had their chance: sessions flush and close.
+    pub close_sessions: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// Runs the bridge until `shutdown` is cancelled, then stops within the configured grace period.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), BridgeError> {
+    let instance = config.instance_id();
+    let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
+    let hub = hub::Hub::new(format!("{instance}.{}", hub::now_ms()));
+    let commands = commands::Commands::new(&instance);
+    let link = mqtt_link::MqttLink::new(
+        &config.broker,
+        &instance,
+        config.limits.max_payload_bytes,
+        hub.clone(),
+        commands.clone(),
+    )?;
+    let stop_link = CancellationToken::new();
+    let link_handle = link.handle();
+    let link_task = tokio::spawn(link.run(stop_link.clone()));
+
+    let grace = config.grace();
+    let shared = Arc::new(Shared {
+        config,
+        instance,
+        hub,
+        commands,
+        link: link_handle,
+        shutdown: shutdown.clone(),
+        close_sessions: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    });
+    if let Ok(addr) = listeners.https.local_addr() {
+        info!(%addr, instance = %shared.instance, "bridge listening");
+    }
+    server::serve(
+        listeners.https,
+        tokio_rustls::TlsAcceptor::from(tls),
+        shared.clone(),
+    )
+    .await;
+
+    // Shutdown: in-flight commands may still get their device's answer for half the grace
+    // period (the broker link stays up), then sessions flush and close with 1001.
+    info!("shutting down");
+    let started = Instant::now();
+    while shared.commands.in_flight() > 0 && started.elapsed() < grace / 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shared.commands.fail_all("bridge shutting down");
+    shared.close_sessions.cancel();
+    shared.tracker.close();
+    let rest = grace.saturating_sub(started.elapsed());
+    if tokio::time::timeout(rest, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = shared.tracker.len(),
+            "grace period over, dropping remaining connections"
+        );
+    }
+    stop_link.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), link_task).await;
+    info!("bridge stopped");
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! The broker link: one task owns rumqttc's event loop, decodes device messages once and hands
+//! them to the hub; it reconnects with exponential backoff and full jitter and resubscribes.
+//!
+//! The task never awaits a publish (rumqttc #1025): commands are queued with `try_publish` from
+//! the sessions through a cloned [`LinkHandle`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use rumqttc::{
+    AsyncClient, ClientError, ConnectReturnCode, Event, EventLoop, MqttOptions, NetworkOptions,
+    Packet, Publish, QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::commands::Commands;
+use crate::config::BrokerConfig;
+use crate::hub::Hub;
+use crate::payload::{self, PayloadError};
+use crate::topic::{self, Channel};
+
+/// Queued requests to the event loop; a command that finds it full is answered `offline`.
+const REQUEST_CAPACITY: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Counters of the link, readable from anywhere.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    pub connects: AtomicU64,
+    pub messages: AtomicU64,
+    pub bad_payloads: AtomicU64,
+}
+
+/// What sessions use to publish commands.
+#[derive(Debug, Clone)]
+pub struct LinkHandle {
+    client: AsyncClient,
+    prefix: Arc<str>,
+    pub stats: Arc<LinkStats>,
+}
+
+impl LinkHandle {
+    /// Queues a QoS 1, never retained command to `{prefix}/{device}/cmd`. `device` was validated.
+    pub fn try_publish_command(&self, device: &str, payload: String) -> Result<(), ClientError> {
+        let topic = topic::device_topic(&self.prefix, device, Channel::Cmd);
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+    }
+
+    fn disconnect(&self) {
+        // Best effort: the process is going away either way.
+        let _ = self.client.try_disconnect();
+    }
+}
+
+pub struct MqttLink {
+    eventloop: EventLoop,
+    handle: LinkHandle,
+    hub: Arc<Hub>,
+    commands: Arc<Commands>,
+    filters: Vec<SubscribeFilter>,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    max_payload: usize,
+}
+
+impl MqttLink {
+    pub fn new(
+        config: &BrokerConfig,
+        instance: &str,
+        max_payload: usize,
+        hub: Arc<Hub>,
+        commands: Arc<Commands>,
+    ) -> Result<MqttLink, LinkError> {
+        let tls = crate::tls::client_config(&config.ca, &config.cert, &config.key)?;
+        let client_id = config
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("iot-bridge-{instance}"));
+        let mut options = MqttOptions::new(client_id, config.host.clone(), config.port);
+        options
+            .set_keep_alive(Duration::from_secs(config.keep_alive_secs))
+            .set_clean_session(true)
+            .set_max_packet_size(max_payload + 1024, 64 * 1024)
+            .set_request_channel_capacity(REQUEST_CAPACITY)
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        network.set_connection_timeout(10);
+        eventloop.set_network_options(network);
+        let filters = topic::bridge_filters(&config.topic_prefix)
+            .into_iter()
+            .map(|path| SubscribeFilter::new(path, QoS::AtLeastOnce))
+            .collect();
+        Ok(MqttLink {
+            eventloop,
+            handle: LinkHandle {
+                client,
+                prefix: Arc::from(config.topic_prefix.as_str()),
+                stats: Arc::default(),
+            },
+            hub,
+            commands,
+            filters,
+            backoff_min: Duration::from_millis(config.reconnect_min_ms),
+            backoff_max: Duration::from_millis(config.reconnect_max_ms),
+            max_payload,
+        })
+    }
+
+    pub fn handle(&self) -> LinkHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until `shutdown`; reconnects by itself on every error.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut failures: u32 = 0;
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = self.eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if ack.code == ConnectReturnCode::Success {
+                        failures = 0;
+                        self.handle.stats.connects.fetch_add(1, Ordering::Relaxed);
+                        info!("broker connected, subscribing");
+                        // Clean session: the broker forgot our subscriptions, ask again once.
+                        if let Err(e) = self.handle.client.try_subscribe_many(self.filters.clone())
+                        {
+                            warn!(error = %e, "cannot queue subscribe");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused = ack
+                        .return_codes
+                        .iter()
+                        .filter(|c| matches!(c, SubscribeReasonCode::Failure))
+                        .count();
+                    if refused > 0 {
+                        warn!(refused, "broker refused some subscriptions; check its ACL");
+                    }
+                    info!("broker link up");
+                    self.hub.set_broker_up(true);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => self.on_publish(p),
+                Ok(_) => {}
+                Err(e) => {
+                    self.hub.set_broker_up(false);
+                    let delay = backoff(self.backoff_min, self.backoff_max, failures);
+                    failures = failures.saturating_add(1);
+                    if failures == 1 {
+                        warn!(error = %e, "broker link down, reconnecting");
+                    } else {
+                        debug!(error = %e, attempt = failures, ?delay, "broker reconnect failed");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.handle.disconnect();
+        // Let the DISCONNECT go out; a broker that is gone must not hold up shutdown.
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.eventloop.poll()).await;
+        self.hub.set_broker_up(false);
+        info!("broker link stopped");
+    }
+
+    fn on_publish(&self, p: Publish) {
+        self.handle.stats.messages.fetch_add(1, Ordering::Relaxed);
+        let Some((device, channel)) = topic::parse(&self.handle.prefix, &p.topic) else {
+            debug!(topic = %p.topic, "ignoring message on an unexpected topic");
+            return;
+        };
+        if let Err(e) = self.dispatch(device, channel, &p.payload) {
+            self.handle
+                .stats
+                .bad_payloads
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(device, channel = channel.as_str(), error = %e, "bad payload from device");
+        }
+    }
+
+    fn dispatch(&self, device: &str, channel: Channel, bytes: &[u8]) -> Result<(), PayloadError> {
+        let limit = self.max_payload;
+        match channel {
+            // An empty retained message clears the topic: for meta that removes the device.
+            Channel::Meta if bytes.is_empty() => self.hub.on_meta(device, None),
+            Channel::Meta => {
+                let meta = payload::decode_map(bytes, limit)?;
+                self.hub
+                    .on_meta(device, Some(serde_json::Value::Object(meta)));
+            }
+            Channel::Status | Channel::State if bytes.is_empty() => {}
+            Channel::Status => self.hub.on_status(device, payload::decode_status(bytes)?),
+            Channel::State => self
+                .hub
+                .on_state(device, payload::decode_map(bytes, limit)?),
+            Channel::Telemetry => self
+                .hub
+                .on_telemetry(device, payload::decode_map(bytes, limit)?),
+            Channel::Ack => self
+                .commands
+                .on_ack(device, payload::decode_ack(bytes, limit)?),
+            Channel::Cmd => {}
+        }
+        Ok(())
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [min, min * 2^attempt] capped at max.
+pub fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
+    let ceiling = min
+        .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+        .min(max);
+    let ms = rand::rng().random_range(min.as_millis()..=ceiling.as_millis().max(min.as_millis()));
+    Duration::from_millis(ms as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        for attempt in 0..40 {
+            let d = backoff(min, max, attempt);
+            let ceiling = (100u64 << attempt.min(20)).min(5000);
+            assert!(
+                d >= min && d.as_millis() as u64 <= ceiling,
+                "{attempt}: {d:?}"
+            );
+        }
+        // Jitter: the late attempts are not all the same.
+        let samples: std::collections::HashSet<_> =
+            (0..20).map(|_| backoff(min, max, 10)).collect();
+        assert!(samples.len() > 1);
+    }
+}

@@ -1,0 +1,200 @@
+//! The one TLS port: accepts connections (capped by a semaphore), runs the TLS handshake and
+//! the HTTP request inside each connection's task under a deadline, then serves the router:
+//! `/ws` (the WebSocket endpoint), `/healthz`, `/readyz` and the embedded dashboard files.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::protocol::SUBPROTOCOL_JSON;
+use crate::Shared;
+
+/// Who is on the other end of a connection, known once the TLS handshake succeeded.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub identity: Arc<str>,
+    pub addr: SocketAddr,
+    /// Held for as long as the connection (or the WebSocket session it became) lives.
+    pub permit: Arc<OwnedSemaphorePermit>,
+}
+
+/// Accepts until shutdown; every connection runs in its own tracked task.
+pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+    let limit = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+    let app = router(shared.clone());
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Typically EMFILE: back off briefly rather than spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(peer = %addr, "connection limit reached, refusing connection");
+            drop(tcp);
+            continue;
+        };
+        let span = tracing::info_span!("conn", peer = %addr, identity = tracing::field::Empty);
+        let task = connection(
+            tcp,
+            addr,
+            permit,
+            acceptor.clone(),
+            app.clone(),
+            shared.clone(),
+        );
+        shared.tracker.spawn(task.instrument(span));
+    }
+    debug!("listener stopped");
+}
+
+async fn connection(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    acceptor: TlsAcceptor,
+    app: Router,
+    shared: Arc<Shared>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let deadline = shared.config.handshake_timeout();
+    let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(crate::tls::identity);
+    let Some(identity) = identity else {
+        warn!("client certificate names no identity (no CN or SAN); closing");
+        return;
+    };
+    tracing::Span::current().record("identity", identity.as_str());
+    let peer = Peer {
+        identity: Arc::from(identity),
+        addr,
+        permit: Arc::new(permit),
+    };
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        app.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(deadline)
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/ws", get(websocket))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(get(dashboard_file))
+        .with_state(shared)
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.hub.broker_up() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "broker link down\n").into_response()
+    }
+}
+
+async fn websocket(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let offered: Vec<_> = ws.requested_protocols().collect();
+    if !offered.is_empty() && !offered.iter().any(|p| *p == SUBPROTOCOL_JSON) {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("unsupported subprotocol; this bridge speaks {SUBPROTOCOL_JSON}\n"),
+        )
+            .into_response();
+    }
+    let limits = &shared.config.limits;
+    info!("websocket session starting");
+    ws.protocols([SUBPROTOCOL_JSON])
+        .max_message_size(limits.max_frame_bytes)
+        .max_frame_size(limits.max_frame_bytes)
+        // tungstenite reserves its read buffer per connection: keep it small for many idle clients.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .on_upgrade(move |socket| crate::session::run(socket, peer, shared))
+}
+
+#[derive(rust_embed::RustEmbed)]
+#[folder = "../dashboard/public/"]
+struct Dashboard;
+
+async fn dashboard_file(uri: Uri) -> Response {
+    let path = uri.path().trim_start_matches('/');
+    let path = if path.is_empty() { "index.html" } else { path };
+    match Dashboard::get(path) {
+        Some(file) => {
+            let mime = file.metadata.mimetype();
+            (
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_str(mime)
+                            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+                    ),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                    (
+                        header::X_CONTENT_TYPE_OPTIONS,
+                        HeaderValue::from_static("nosniff"),
+                    ),
+                ],
+                file.data.into_owned(),
+            )
+                .into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}

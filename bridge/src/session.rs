@@ -1,0 +1,320 @@
+//! One WebSocket client: a single task and `select!` loop over the socket, the session's outbox,
+//! the ping timer and shutdown. Requests are answered through the same outbox as the streams,
+//! so a client sees everything in one order.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::commands::{CommandError, CommandRequest};
+use crate::hub::SessionId;
+use crate::outbox::{Frame, Outbox};
+use crate::protocol::{self, ClientMsg, ErrorCode, LimitsView, Permissions, ServerMsg};
+use crate::server::Peer;
+use crate::Shared;
+
+/// Frames written per flush: large enough to batch, small enough to keep reading in between.
+const WRITE_BATCH: usize = 256;
+/// A client whose queue stays over capacity this long is closed.
+const SLOW_CLIENT_LIMIT: Duration = Duration::from_secs(10);
+/// Close code for a client that cannot keep up (private range, documented in docs/protocol.md).
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+
+pub async fn run(socket: WebSocket, peer: Peer, shared: Arc<Shared>) {
+    // Keeps shutdown waiting for this session; axum spawned the task, not our tracker.
+    let _tracked = shared.tracker.token();
+    let outbox = Outbox::new(shared.config.limits.session_queue);
+    let id = shared.hub.register(outbox.clone());
+    let span =
+        tracing::info_span!("session", peer = %peer.addr, identity = %peer.identity, session = id);
+    let session = Session {
+        id,
+        peer,
+        shared: shared.clone(),
+        outbox,
+    };
+    session.run(socket).instrument(span).await;
+    shared.hub.unregister(id);
+}
+
+struct Session {
+    id: SessionId,
+    peer: Peer,
+    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
+}
+
+/// Why the loop ended and what to tell the client.
+enum End {
+    PeerGone,
+    Close(u16, &'static str),
+}
+
+impl Session {
+    async fn run(self, mut ws: WebSocket) {
+        self.welcome();
+        let limits = &self.shared.config.limits;
+        let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
+        let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_interval_secs));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut last_heard = Instant::now();
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+
+        let end = loop {
+            tokio::select! {
+                _ = self.shared.close_sessions.cancelled() => {
+                    // Deliver what is queued (final command statuses among it), then say goodbye.
+                    let _ = self.write_queued(&mut ws, &mut batch, idle_timeout).await;
+                    break End::Close(close_code::AWAY, "bridge shutting down");
+                }
+                incoming = ws.next() => match incoming {
+                    None => break End::PeerGone,
+                    Some(Err(e)) => break self.read_error(e),
+                    Some(Ok(msg)) => {
+                        last_heard = Instant::now();
+                        match msg {
+                            Message::Text(text) => self.on_text(&text),
+                            Message::Binary(_) => self.error(None, ErrorCode::BadFrame,
+                                "binary frames are not part of iotbridge.v1.json; send JSON text frames"),
+                            Message::Close(_) => break End::PeerGone,
+                            Message::Ping(_) | Message::Pong(_) => {}
+                        }
+                    }
+                },
+                _ = self.outbox.ready() => {
+                    match self.write_queued(&mut ws, &mut batch, idle_timeout).await {
+                        Ok(()) => {}
+                        Err(end) => break end,
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > idle_timeout {
+                        break End::Close(close_code::AWAY, "idle timeout: no pong received");
+                    }
+                    if tokio::time::timeout(idle_timeout, ws.send(Message::Ping(Default::default()))).await.is_err() {
+                        break End::PeerGone;
+                    }
+                }
+            }
+        };
+        if let End::Close(code, reason) = end {
+            debug!(code, reason, "closing session");
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = ws.send(Message::Close(Some(frame))).await;
+                // Wait briefly for the client's close so the TCP close is clean.
+                while let Some(Ok(msg)) = ws.next().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        info!("websocket session ended");
+    }
+
+    fn read_error(&self, e: axum::Error) -> End {
+        let text = e.to_string();
+        if text.contains("Space limit exceeded")
+            || text.contains("too long")
+            || text.contains("too big")
+        {
+            warn!(error = %text, "client sent an oversized message");
+            End::Close(close_code::SIZE, "message too big")
+        } else if text.contains("UTF-8") || text.contains("utf-8") || text.contains("Utf8") {
+            warn!(error = %text, "client sent invalid UTF-8");
+            End::Close(close_code::INVALID, "text frame is not valid UTF-8")
+        } else {
+            debug!(error = %text, "websocket read ended");
+            End::PeerGone
+        }
+    }
+
+    /// Writes queued frames in batches with one flush each. A client that cannot take a batch
+    /// within the idle timeout is dead to us.
+    async fn write_queued(
+        &self,
+        ws: &mut WebSocket,
+        batch: &mut Vec<Frame>,
+        deadline: Duration,
+    ) -> Result<(), End> {
+        loop {
+            batch.clear();
+            let info = self.outbox.drain(batch, WRITE_BATCH);
+            if batch.is_empty() && info.conflated == 0 {
+                return Ok(());
+            }
+            if info
+                .over_since
+                .is_some_and(|t| t.elapsed() > SLOW_CLIENT_LIMIT)
+            {
+                return Err(End::Close(
+                    CLOSE_TOO_SLOW,
+                    "client too slow: queue over limit",
+                ));
+            }
+            let write = async {
+                for frame in batch.drain(..) {
+                    ws.feed(Message::Text(frame.json)).await?;
+                }
+                if info.conflated > 0 {
+                    let lag = ServerMsg::Lagging {
+                        conflated: info.conflated,
+                    };
+                    ws.feed(Message::Text(lag.to_json().into())).await?;
+                }
+                ws.flush().await
+            };
+            match tokio::time::timeout(deadline, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(error = %e, "write failed");
+                    return Err(End::PeerGone);
+                }
+                Err(_) => return Err(End::PeerGone),
+            }
+            if self.outbox.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn welcome(&self) {
+        let config = &self.shared.config;
+        let everything = [String::from("*")];
+        let msg = ServerMsg::Welcome {
+            protocol: protocol::PROTOCOL_VERSION,
+            server: format!("iot-bridge {}", env!("CARGO_PKG_VERSION")),
+            instance: &self.shared.instance,
+            identity: &self.peer.identity,
+            permissions: Permissions {
+                read: &everything,
+                control: &everything,
+            },
+            broker: if self.shared.hub.broker_up() {
+                "up"
+            } else {
+                "down"
+            },
+            limits: LimitsView {
+                max_frame_bytes: config.limits.max_frame_bytes,
+                max_subscriptions: config.limits.max_subscriptions,
+            },
+        };
+        self.outbox.push(Frame::control(msg.to_json()));
+    }
+
+    fn error(&self, req: Option<&Value>, code: ErrorCode, message: &str) {
+        let msg = ServerMsg::Error { req, code, message };
+        self.outbox.push(Frame::control(msg.to_json()));
+    }
+
+    fn on_text(&self, text: &str) {
+        let request = match protocol::decode_json(text) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(code = ?e.code, message = %e.message, "bad request");
+                return self.error(e.req.as_ref(), e.code, &e.message);
+            }
+        };
+        let req = request.req.as_ref();
+        let hub = &self.shared.hub;
+        let limits = &self.shared.config.limits;
+        match request.body {
+            ClientMsg::Subscribe {
+                devices,
+                since,
+                max_rate_hz,
+                fields,
+            } => {
+                if max_rate_hz.is_some() || fields.is_some() {
+                    return self.error(
+                        req,
+                        ErrorCode::BadRequest,
+                        "max_rate_hz and fields are not supported by this bridge version",
+                    );
+                }
+                if devices.is_empty() {
+                    return self.error(req, ErrorCode::BadRequest, "devices must not be empty");
+                }
+                if let Err(e) = hub.subscribe(
+                    self.id,
+                    &devices,
+                    req,
+                    since.as_deref(),
+                    limits.max_subscriptions,
+                ) {
+                    let code = match e {
+                        crate::hub::SubscribeError::InvalidPattern(_) => ErrorCode::InvalidPattern,
+                        crate::hub::SubscribeError::TooMany(_) => ErrorCode::TooManySubscriptions,
+                    };
+                    self.error(req, code, &e.to_string());
+                }
+            }
+            ClientMsg::Unsubscribe { devices } => {
+                let removed = hub.unsubscribe(self.id, &devices);
+                let msg = ServerMsg::Unsubscribed {
+                    req,
+                    devices: removed.iter().map(String::as_str).collect(),
+                };
+                self.outbox.push(Frame::control(msg.to_json()));
+            }
+            ClientMsg::Command {
+                device,
+                action,
+                params,
+                timeout_ms,
+            } => self.command(req, device, action, params, timeout_ms),
+            ClientMsg::List {} => self.outbox.push(Frame::control(hub.list(req))),
+            ClientMsg::Ping {} => self
+                .outbox
+                .push(Frame::control(ServerMsg::Pong { req }.to_json())),
+        }
+    }
+
+    fn command(
+        &self,
+        req: Option<&Value>,
+        device: String,
+        action: String,
+        params: serde_json::Map<String, Value>,
+        timeout_ms: Option<u64>,
+    ) {
+        let config = &self.shared.config.commands;
+        let timeout = match timeout_ms {
+            Some(0) => {
+                return self.error(req, ErrorCode::BadRequest, "timeout_ms must be at least 1");
+            }
+            Some(ms) => ms.min(config.max_timeout_ms),
+            None => config.default_timeout_ms,
+        };
+        let request = CommandRequest {
+            req: req.cloned(),
+            identity: self.peer.identity.clone(),
+            device,
+            action,
+            params,
+            timeout: Duration::from_millis(timeout),
+            outbox: self.outbox.clone(),
+        };
+        let shared = &self.shared;
+        if let Err(e) = shared.commands.start(&shared.hub, &shared.link, request) {
+            let code = match e {
+                CommandError::UnknownDevice(_) => ErrorCode::UnknownDevice,
+                CommandError::InvalidDevice(_) | CommandError::InvalidAction(_) => {
+                    ErrorCode::BadRequest
+                }
+            };
+            self.error(req, code, &e.to_string());
+        }
+    }
+}
