@@ -23,7 +23,8 @@ const BACKDATE: Duration = Duration::hours(1);
 
 /// A CA certificate and its private key, able to sign leaf certificates.
 pub struct Ca {
-    issuer: Issuer<'static, KeyPair>,
+    // Boxed: the issuer is large and `Ca` gets moved around and stored in enums.
+    issuer: Box<Issuer<'static, KeyPair>>,
     cert_pem: String,
     key_pem: String,
     cert_der: Vec<u8>,
@@ -74,7 +75,7 @@ impl Ca {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             cert_der: cert.der().to_vec(),
-            issuer: Issuer::new(params, key),
+            issuer: Box::new(Issuer::new(params, key)),
         })
     }
 
@@ -99,8 +100,10 @@ impl Ca {
                 ));
             }
         }
-        let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)
-            .map_err(|e| CertError::invalid("CA certificate", e))?;
+        let issuer = Box::new(
+            Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)
+                .map_err(|e| CertError::invalid("CA certificate", e))?,
+        );
         Ok(Ca {
             cert_pem: cert_pem.to_owned(),
             key_pem: key_pem.to_owned(),

@@ -12,7 +12,9 @@ use crate::pkcs12::DEFAULT_P12_PASSWORD;
 use crate::reuse::LeafCheck;
 use crate::{Ca, CertError, Issued};
 
-/// Common name of the dev CA; it is what people see in their browser's authority list.
+/// Start of the dev CA's common name, which is what people see in their trust store. A
+/// creation time follows, so two dev CAs never share a subject name: browsers choose client
+/// certificates, and TLS stacks look up issuers, by that name.
 pub const CA_COMMON_NAME: &str = "iot-bridge dev CA";
 /// Common name of the bridge's HTTPS/WSS server certificate.
 pub const SERVER_COMMON_NAME: &str = "iot-bridge server";
@@ -123,7 +125,7 @@ pub fn generate_dev_certs(opts: &DevCertOptions) -> Result<DevCertPaths, CertErr
         )?;
     }
     // Issue everything before writing anything: a bad SAN must not leave half a set behind.
-    let ca = Ca::generate(CA_COMMON_NAME)?;
+    let ca = Ca::generate(&ca_common_name())?;
     let issued = leaves
         .iter()
         .map(|leaf| leaf.issue(&ca))
@@ -150,7 +152,7 @@ pub fn ensure_dev_certs(opts: &DevCertOptions) -> Result<DevCertPaths, CertError
     let ca = match (paths.ca_cert.exists(), paths.ca_key.exists()) {
         (true, true) => load_ca(&paths)?,
         (false, false) => {
-            let ca = Ca::generate(CA_COMMON_NAME)?;
+            let ca = Ca::generate(&ca_common_name())?;
             write_ca(&ca, &mut paths)?;
             ca
         }
@@ -221,6 +223,19 @@ pub fn load_ca(paths: &DevCertPaths) -> Result<Ca, CertError> {
     let cert = files::read_to_string(&paths.ca_cert)?;
     let key = files::read_to_string(&paths.ca_key)?;
     Ca::from_pem(&cert, &key)
+}
+
+fn ca_common_name() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{CA_COMMON_NAME} {:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
 }
 
 fn validate(opts: &DevCertOptions) -> Result<(), CertError> {
