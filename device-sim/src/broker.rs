@@ -118,7 +118,7 @@ pub(crate) struct TlsFactory {
 
 enum Source {
     Shared(Arc<ClientConfig>),
-    Mint(iot_certs::Ca),
+    Mint(Box<iot_certs::Ca>),
 }
 
 fn client_config(
@@ -153,7 +153,7 @@ impl TlsFactory {
             DeviceIdentity::MintFromCa {
                 ca_cert_pem,
                 ca_key_pem,
-            } => Source::Mint(iot_certs::Ca::from_pem(ca_cert_pem, ca_key_pem)?),
+            } => Source::Mint(Box::new(iot_certs::Ca::from_pem(ca_cert_pem, ca_key_pem)?)),
         };
         Ok(TlsFactory {
             provider,
@@ -204,7 +204,7 @@ pub(crate) fn mqtt_options(
         .set_keep_alive(opts.keep_alive)
         .set_clean_session(true)
         .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-        .set_request_channel_capacity(crate::device::REQUEST_CHANNEL)
+        .set_request_channel_capacity(crate::link::REQUEST_CHANNEL)
         .set_last_will(LastWill::new(
             status_topic,
             "offline",

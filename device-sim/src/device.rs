@@ -1,21 +1,15 @@
 //! One simulated device: a single task that owns the MQTT event loop, publishes telemetry on a
 //! timer, answers commands, and obeys kill/revive/stop from its handle.
 //!
-//! The event loop is polled through an owned future that survives `select!` iterations, so a
-//! telemetry tick never cancels a half-finished TLS handshake or socket write. Every publish uses
-//! `try_publish`: this task is the only one polling the event loop, so awaiting a full request
-//! channel here would deadlock (rumqtt issue #1025).
+//! Every publish uses `try_publish`: this task is the only one polling the event loop (see
+//! `link`), so awaiting a full request channel here would deadlock (rumqtt issue #1025).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rand::Rng;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, NetworkOptions,
-    Outgoing, QoS,
+    ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS, SubscribeReasonCode,
 };
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -26,13 +20,9 @@ use tracing::{debug, info, warn};
 use crate::codec::{self, PayloadFormat};
 use crate::command;
 use crate::kind::{Kind, Meta};
+use crate::link::{next_event, Backoff, Link};
 use crate::model::Model;
 
-/// Requests a device may queue for its event loop: the connect burst (subscribe, meta, status,
-/// state) plus a command answer and a few telemetry messages, with room to spare.
-pub(crate) const REQUEST_CHANNEL: usize = 32;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long a graceful stop may take before the connection is simply dropped (the will covers it).
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// After our DISCONNECT, how long to wait for the broker to close its side.
@@ -61,33 +51,6 @@ pub(crate) enum Control {
     Stop(oneshot::Sender<()>),
 }
 
-type PollResult = (EventLoop, Result<Event, ConnectionError>);
-type PollFut = Pin<Box<dyn Future<Output = PollResult> + Send>>;
-
-/// Polls the event loop once, after `delay` (the reconnect backoff), handing it back with the result.
-fn poll_after(mut eventloop: EventLoop, delay: Duration) -> PollFut {
-    Box::pin(async move {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let result = eventloop.poll().await;
-        (eventloop, result)
-    })
-}
-
-/// A live MQTT session: the client handle and the in-flight poll of its event loop.
-struct Link {
-    client: AsyncClient,
-    poll: Option<PollFut>,
-}
-
-async fn next_event(link: &mut Option<Link>) -> PollResult {
-    match link.as_mut().and_then(|l| l.poll.as_mut()) {
-        Some(poll) => poll.await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Counters of the current connection; reset on every ConnAck.
 #[derive(Default)]
 struct Session {
@@ -99,11 +62,11 @@ struct Session {
 #[derive(Debug, PartialEq)]
 enum StopPhase {
     /// `offline` is queued; waiting until every QoS 1 publish has its PubAck.
-    AwaitAcks,
+    OfflineAck,
     /// DISCONNECT is queued; waiting for it to be written.
-    AwaitDisconnect,
+    DisconnectQueued,
     /// DISCONNECT is written; waiting for the broker to close the connection.
-    AwaitClose,
+    DisconnectSent,
 }
 
 struct Stopping {
@@ -129,8 +92,9 @@ pub(crate) struct Device {
     pub(crate) model: Model,
     link: Option<Link>,
     session: Session,
-    backoff: Duration,
+    backoff: Backoff,
     stopping: Option<Stopping>,
+    has_been_online: bool,
     done: bool,
 }
 
@@ -159,8 +123,9 @@ impl Device {
             model,
             link: None,
             session: Session::default(),
-            backoff: BACKOFF_MIN,
+            backoff: Backoff::default(),
             stopping: None,
+            has_been_online: false,
             done: false,
         }
     }
@@ -204,16 +169,8 @@ impl Device {
 
     /// Starts a fresh MQTT session (new socket, clean session) and polls it at once.
     fn connect(&mut self) {
-        let (client, mut eventloop) = AsyncClient::new(self.mqtt.clone(), REQUEST_CHANNEL);
-        let mut net = NetworkOptions::new();
-        net.set_tcp_nodelay(true);
-        net.set_connection_timeout(10);
-        eventloop.set_network_options(net);
-        self.backoff = BACKOFF_MIN;
-        self.link = Some(Link {
-            client,
-            poll: Some(poll_after(eventloop, Duration::ZERO)),
-        });
+        self.backoff.reset();
+        self.link = Some(Link::open(&self.mqtt));
     }
 
     fn set_disconnected(&mut self) {
@@ -227,7 +184,7 @@ impl Device {
             Err(err) => self.on_error(err),
         };
         match (next_delay, self.link.as_mut()) {
-            (Some(delay), Some(link)) => link.poll = Some(poll_after(eventloop, delay)),
+            (Some(delay), Some(link)) => link.poll_again(eventloop, delay),
             // Dropping the event loop closes the socket.
             _ => self.link = None,
         }
@@ -242,29 +199,27 @@ impl Device {
             self.finish_stop();
             return None;
         }
-        let delay = self.next_backoff();
+        let delay = self.backoff.next_delay();
+        // Say it once per outage; every retry after that is only interesting when debugging.
         if was_connected {
             warn!(error = %err, retry_in = ?delay, "connection lost");
+        } else if self.backoff.failures() == 1 {
+            warn!(error = %err, retry_in = ?delay, "cannot connect; retrying with backoff");
         } else {
             debug!(error = %err, retry_in = ?delay, "connect failed");
         }
         Some(delay)
     }
 
-    /// Exponential backoff with "equal jitter": half the step is fixed, half random, so a fleet
-    /// that lost the broker together does not reconnect together.
-    fn next_backoff(&mut self) -> Duration {
-        let step = self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        let half = step / 2;
-        half + half.mul_f64(rand::rng().random_range(0.0..=1.0))
-    }
-
     /// Returns whether to keep polling.
     fn on_event(&mut self, event: Event) -> bool {
         match event {
             Event::Incoming(Incoming::ConnAck(_)) => self.on_connack(),
-            Event::Incoming(Incoming::SubAck(_)) => {
+            Event::Incoming(Incoming::SubAck(ack)) => {
+                if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                    // Usually a broker ACL: the device still reports, but cannot be controlled.
+                    warn!(topic = %self.topic("cmd"), "broker refused the command subscription");
+                }
                 self.session.subscribed = true;
                 self.check_online();
             }
@@ -286,7 +241,7 @@ impl Device {
             }
             Event::Outgoing(Outgoing::Disconnect) => {
                 if let Some(stop) = self.stopping.as_mut() {
-                    stop.phase = StopPhase::AwaitClose;
+                    stop.phase = StopPhase::DisconnectSent;
                     stop.deadline = stop.deadline.min(Instant::now() + CLOSE_GRACE);
                 }
             }
@@ -297,7 +252,7 @@ impl Device {
 
     fn on_connack(&mut self) {
         self.shared.connected.store(true, Ordering::Relaxed);
-        self.backoff = BACKOFF_MIN;
+        self.backoff.reset();
         self.session = Session::default();
         debug!("connected");
         let subscribed = match &self.link {
@@ -325,7 +280,13 @@ impl Device {
         let s = &self.session;
         if s.subscribed && s.qos1_acked >= CONNECT_PUBLISHES && !*self.shared.online.borrow() {
             self.shared.online.send_replace(true);
-            info!("device online");
+            // The first time is routine (and a large fleet would flood the log); coming back is news.
+            if self.has_been_online {
+                info!("device back online");
+            } else {
+                debug!("device online");
+                self.has_been_online = true;
+            }
         }
     }
 
@@ -376,8 +337,9 @@ impl Device {
         match outcome {
             Ok(state) => {
                 info!(cmd = %cmd.id, "command applied");
-                if let Ok(mut shared) = self.shared.state.lock() {
-                    shared.clone_from(&state);
+                match self.shared.state.lock() {
+                    Ok(mut shared) => shared.clone_from(&state),
+                    Err(poisoned) => poisoned.into_inner().clone_from(&state),
                 }
                 // New state first, so whoever sees the ack can already read the state it describes.
                 let encoded = codec::encode(self.format, &state);
@@ -436,7 +398,7 @@ impl Device {
             return;
         }
         self.stopping = Some(Stopping {
-            phase: StopPhase::AwaitAcks,
+            phase: StopPhase::OfflineAck,
             deadline: Instant::now() + STOP_GRACE,
             replies: reply.into_iter().collect(),
             exit,
@@ -454,10 +416,10 @@ impl Device {
         let Some(stop) = self.stopping.as_mut() else {
             return;
         };
-        if stop.phase != StopPhase::AwaitAcks || !all_acked {
+        if stop.phase != StopPhase::OfflineAck || !all_acked {
             return;
         }
-        stop.phase = StopPhase::AwaitDisconnect;
+        stop.phase = StopPhase::DisconnectQueued;
         let queued = self
             .link
             .as_ref()

@@ -1,13 +1,11 @@
-//! Fleets: deterministic device specifications, starting one task per device, and the handles
-//! tests and demos use to watch, kill, revive and stop devices.
+//! Running fleets: one task per device, and the handles tests and demos use to watch, kill,
+//! revive and stop devices.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -15,133 +13,11 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::broker::{self, BrokerOpts, TlsFactory};
-use crate::codec::PayloadFormat;
 use crate::device::{Control, Device, Shared};
 use crate::kind::Kind;
 use crate::model::Model;
+use crate::spec::{is_valid_device_id, telemetry_phase, DeviceSpec, FleetSpec};
 use crate::SimError;
-
-const ROOMS: &[&str] = &[
-    "Kitchen",
-    "Living Room",
-    "Bedroom",
-    "Bathroom",
-    "Hallway",
-    "Office",
-    "Garage",
-    "Garden",
-    "Nursery",
-    "Basement",
-    "Attic",
-    "Dining Room",
-];
-
-/// One simulated device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeviceSpec {
-    pub id: String,
-    pub kind: Kind,
-    pub name: String,
-    pub room: String,
-    pub telemetry_interval: Duration,
-    pub format: PayloadFormat,
-    /// Seeds the device's simulation and its telemetry phase.
-    pub seed: u64,
-}
-
-/// A whole fleet, described compactly; [`FleetSpec::devices`] expands it deterministically.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FleetSpec {
-    pub count: usize,
-    /// Kinds assigned round-robin; empty means every kind.
-    pub kinds: Vec<Kind>,
-    pub telemetry_interval: Duration,
-    pub seed: u64,
-    /// Share of devices (0..=1) that publish telemetry and state as CBOR instead of JSON.
-    pub cbor_share: f64,
-    /// Prepended to every device id, e.g. `"lab1-"`.
-    pub id_prefix: String,
-}
-
-impl Default for FleetSpec {
-    fn default() -> Self {
-        FleetSpec {
-            count: 12,
-            kinds: Kind::ALL.to_vec(),
-            telemetry_interval: Duration::from_secs(1),
-            seed: 42,
-            cbor_share: 0.25,
-            id_prefix: String::new(),
-        }
-    }
-}
-
-impl FleetSpec {
-    /// The fleet's devices. Same spec (seed included) => same ids, names, rooms, formats and seeds.
-    /// Ids are `{id_prefix}{kind}-{n}` with `n` counting per kind from 1.
-    pub fn devices(&self) -> Vec<DeviceSpec> {
-        let mut kinds: Vec<Kind> = Vec::new();
-        for kind in &self.kinds {
-            if !kinds.contains(kind) {
-                kinds.push(*kind);
-            }
-        }
-        if kinds.is_empty() {
-            kinds = Kind::ALL.to_vec();
-        }
-        let cbor_share = if self.cbor_share.is_nan() {
-            0.0
-        } else {
-            self.cbor_share.clamp(0.0, 1.0)
-        };
-        let width = self.count.div_ceil(kinds.len()).to_string().len().max(3);
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        let mut per_kind: HashMap<Kind, usize> = HashMap::new();
-        let mut per_name: HashMap<(usize, Kind), usize> = HashMap::new();
-        (0..self.count)
-            .map(|i| {
-                let kind = kinds[i % kinds.len()];
-                let n = per_kind.entry(kind).or_default();
-                *n += 1;
-                let room = rng.random_range(0..ROOMS.len());
-                let same_name = per_name.entry((room, kind)).or_default();
-                *same_name += 1;
-                let name = match *same_name {
-                    1 => format!("{} {}", ROOMS[room], kind.label()),
-                    k => format!("{} {} {k}", ROOMS[room], kind.label()),
-                };
-                let format = if rng.random_bool(cbor_share) {
-                    PayloadFormat::Cbor
-                } else {
-                    PayloadFormat::Json
-                };
-                DeviceSpec {
-                    id: format!("{}{}-{:0width$}", self.id_prefix, kind.as_str(), n),
-                    kind,
-                    name,
-                    room: ROOMS[room].to_string(),
-                    telemetry_interval: self.telemetry_interval,
-                    format,
-                    seed: rng.random(),
-                }
-            })
-            .collect()
-    }
-}
-
-/// Whether `id` is a valid device id per the contract: `[A-Za-z0-9_-]{1,64}`.
-pub fn is_valid_device_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// Where in its interval a device publishes; derived from its seed but independent of its model.
-fn telemetry_phase(spec: &DeviceSpec) -> Duration {
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x9e37_79b9_7f4a_7c15);
-    spec.telemetry_interval.mul_f64(rng.random_range(0.0..1.0))
-}
 
 /// A running device, as seen from outside its task.
 pub struct DeviceHandle {
@@ -395,123 +271,120 @@ impl Drop for Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DeviceIdentity;
 
-    fn spec(seed: u64) -> FleetSpec {
-        FleetSpec {
-            count: 40,
-            seed,
-            ..FleetSpec::default()
-        }
+    fn broker(port: u16) -> BrokerOpts {
+        let ca = iot_certs::Ca::generate("fleet test CA").unwrap();
+        let identity = DeviceIdentity::MintFromCa {
+            ca_cert_pem: ca.cert_pem().into(),
+            ca_key_pem: ca.key_pem().into(),
+        };
+        BrokerOpts::new("127.0.0.1", port, ca.cert_pem(), identity)
     }
 
-    #[test]
-    fn same_seed_same_devices_and_telemetry() {
-        let (a, b) = (spec(42).devices(), spec(42).devices());
-        assert_eq!(a, b);
-        for (da, db) in a.iter().zip(&b) {
-            let (mut ma, mut mb) = (Model::new(da.kind, da.seed), Model::new(db.kind, db.seed));
-            let first_a: Vec<_> = (0..10).map(|_| ma.step(1.0)).collect();
-            let first_b: Vec<_> = (0..10).map(|_| mb.step(1.0)).collect();
-            assert_eq!(first_a, first_b, "{}", da.id);
-            assert_eq!(telemetry_phase(da), telemetry_phase(db));
+    fn one(id: &str) -> Vec<DeviceSpec> {
+        let mut spec = FleetSpec {
+            count: 1,
+            ..FleetSpec::default()
         }
-        let c = spec(43).devices();
+        .devices();
+        spec[0].id = id.into();
+        spec
+    }
+
+    /// A port with nothing listening: bind, read the port, close.
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn bad_specs_are_refused_before_anything_starts() {
+        let err = |r: Result<Fleet, SimError>| r.err().map(|e| e.to_string()).unwrap_or_default();
+        let b = broker(1);
+        let e = err(Fleet::start_devices(b.clone(), one("a/b")).await);
+        assert!(e.contains("invalid device id 'a/b'"), "{e}");
+        let mut twice = one("same");
+        twice.extend(one("same"));
+        let e = err(Fleet::start_devices(b.clone(), twice).await);
+        assert!(e.contains("duplicate device id 'same'"), "{e}");
+        let mut zero = one("z");
+        zero[0].telemetry_interval = Duration::ZERO;
+        assert!(err(Fleet::start_devices(b.clone(), zero).await).contains("interval"));
+        let share = FleetSpec {
+            cbor_share: 1.5,
+            ..FleetSpec::default()
+        };
+        assert!(err(Fleet::start(b.clone(), &share).await).contains("cbor_share"));
+        let mut fast = b.clone();
+        fast.keep_alive = Duration::from_millis(500);
+        assert!(err(Fleet::start_devices(fast, one("k")).await).contains("keep_alive"));
+        let mut wild = b.clone();
+        wild.topic_prefix = "iot/#".into();
+        assert!(err(Fleet::start_devices(wild, one("w")).await).contains("wildcards"));
+        let mut no_ca = b.clone();
+        no_ca.ca_pem = "not a pem".into();
+        assert!(err(Fleet::start_devices(no_ca, one("c")).await).contains("broker CA"));
+        let mut shared = b;
+        shared.identity = DeviceIdentity::Shared {
+            cert_pem: "x".into(),
+            key_pem: "y".into(),
+        };
+        assert!(err(Fleet::start_devices(shared, one("s")).await).contains("device certificate"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_broker_times_out_and_stops_promptly() {
+        let fleet = Fleet::start(
+            broker(closed_port()),
+            &FleetSpec {
+                count: 3,
+                ..FleetSpec::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(fleet.ids().len(), 3);
+        let id = fleet.ids()[1].clone();
+        let device = fleet.device(&id).unwrap();
+        assert_eq!(device.id(), id);
+        assert!(fleet.device("nope").is_none());
+        match fleet.wait_connected(Duration::from_millis(300)).await {
+            Err(SimError::NotConnected {
+                missing: 3,
+                total: 3,
+                ..
+            }) => {}
+            other => panic!("expected NotConnected, got {other:?}"),
+        }
+        assert!(!device.is_connected());
         assert_eq!(
-            a.iter().map(|d| &d.id).collect::<Vec<_>>(),
-            c.iter().map(|d| &d.id).collect::<Vec<_>>()
+            device.state(),
+            Model::new(device.kind(), spec_seed(&fleet, &id))
+                .controls()
+                .clone()
         );
-        assert_ne!(
-            a, c,
-            "a different seed should change names, rooms or formats"
-        );
+        // Control requests on a device that never connected still complete.
+        device.kill().await;
+        device.revive().await;
+        device.stop().await;
+        let stats = fleet.stats();
+        assert_eq!((stats.devices, stats.connected, stats.published), (3, 0, 0));
+        tokio::time::timeout(Duration::from_secs(2), fleet.stop())
+            .await
+            .expect("stop must not wait for a broker that is not there");
     }
 
-    #[test]
-    fn ids_are_valid_unique_and_round_robin() {
-        let devices = FleetSpec {
-            count: 12,
-            kinds: vec![Kind::Light, Kind::Plug, Kind::Light],
-            id_prefix: "lab-".into(),
-            ..FleetSpec::default()
-        }
-        .devices();
-        assert_eq!(devices.len(), 12);
-        let ids: HashSet<_> = devices.iter().map(|d| d.id.as_str()).collect();
-        assert_eq!(ids.len(), 12);
-        assert!(devices.iter().all(|d| is_valid_device_id(&d.id)));
-        assert_eq!(devices[0].id, "lab-light-001");
-        assert_eq!(devices[1].id, "lab-plug-001");
-        assert_eq!(devices[2].id, "lab-light-002");
-        let names: HashSet<_> = devices.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names.len(), 12, "names must be unique: {names:?}");
-        assert!(devices.iter().all(|d| d.name.starts_with(&d.room)));
-    }
-
-    #[test]
-    fn cbor_share_and_empty_kinds() {
-        let all_cbor = FleetSpec {
-            count: 20,
-            cbor_share: 1.0,
-            kinds: vec![],
-            ..FleetSpec::default()
-        }
-        .devices();
-        assert!(all_cbor.iter().all(|d| d.format == PayloadFormat::Cbor));
-        let kinds: HashSet<_> = all_cbor.iter().map(|d| d.kind).collect();
-        assert_eq!(kinds.len(), Kind::ALL.len());
-        let none = FleetSpec {
-            count: 20,
-            cbor_share: 0.0,
-            ..FleetSpec::default()
-        }
-        .devices();
-        assert!(none.iter().all(|d| d.format == PayloadFormat::Json));
-        let some = FleetSpec {
-            count: 400,
-            cbor_share: 0.25,
-            ..FleetSpec::default()
-        }
-        .devices();
-        let cbor = some
-            .iter()
-            .filter(|d| d.format == PayloadFormat::Cbor)
-            .count();
-        assert!(
-            (60..=140).contains(&cbor),
-            "{cbor} of 400 CBOR devices at share 0.25"
-        );
-        // NaN must not panic inside the RNG.
-        let nan = FleetSpec {
+    fn spec_seed(fleet: &Fleet, id: &str) -> u64 {
+        let spec = FleetSpec {
             count: 3,
-            cbor_share: f64::NAN,
             ..FleetSpec::default()
         }
         .devices();
-        assert_eq!(nan.len(), 3);
-    }
-
-    #[test]
-    fn phases_spread_within_the_interval() {
-        let devices = FleetSpec {
-            count: 100,
-            ..FleetSpec::default()
-        }
-        .devices();
-        let phases: Vec<_> = devices.iter().map(telemetry_phase).collect();
-        assert!(phases.iter().all(|p| *p < Duration::from_secs(1)));
-        let distinct: HashSet<_> = phases.iter().map(|p| p.as_millis() / 100).collect();
-        assert!(distinct.len() >= 8, "phases bunch up: {distinct:?}");
-    }
-
-    #[test]
-    fn device_id_rule() {
-        assert!(is_valid_device_id("a"));
-        assert!(is_valid_device_id("Plug_01-x"));
-        assert!(is_valid_device_id(&"x".repeat(64)));
-        assert!(!is_valid_device_id(""));
-        assert!(!is_valid_device_id(&"x".repeat(65)));
-        assert!(!is_valid_device_id("a/b"));
-        assert!(!is_valid_device_id("a+"));
-        assert!(!is_valid_device_id("caf\u{e9}"));
+        assert_eq!(
+            fleet.ids(),
+            spec.iter().map(|d| d.id.clone()).collect::<Vec<_>>()
+        );
+        spec.iter().find(|d| d.id == id).map(|d| d.seed).unwrap()
     }
 }

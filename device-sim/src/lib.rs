@@ -6,9 +6,10 @@
 //! - [`command`] parses `cmd` payloads, validates `set` params against the kind's controls, builds acks.
 //! - [`codec`] encodes telemetry and state as JSON or CBOR maps.
 //! - [`broker`] turns [`BrokerOpts`] into per-device TLS configs and MQTT options.
+//! - `link` owns a device's MQTT event loop and reconnect backoff.
 //! - `device` runs one task per device: event loop, telemetry timer, commands, kill/revive/stop.
-//! - [`fleet`] expands a [`FleetSpec`] into [`DeviceSpec`]s, starts the tasks and hands out
-//!   [`DeviceHandle`]s.
+//! - [`spec`] expands a [`FleetSpec`] into [`DeviceSpec`]s (ids, names, rooms, formats, seeds).
+//! - [`fleet`] validates the specs, starts one device task each and hands out [`DeviceHandle`]s.
 //!
 //! ```no_run
 //! # async fn demo(ca_pem: String, ca_key: String) -> Result<(), device_sim::SimError> {
@@ -30,10 +31,13 @@ mod device;
 mod error;
 pub mod fleet;
 pub mod kind;
+mod link;
 pub mod model;
+pub mod spec;
 
 pub use broker::{BrokerOpts, DeviceIdentity};
 pub use codec::PayloadFormat;
 pub use error::SimError;
-pub use fleet::{is_valid_device_id, DeviceHandle, DeviceSpec, Fleet, FleetSpec, FleetStats};
+pub use fleet::{DeviceHandle, Fleet, FleetStats};
 pub use kind::Kind;
+pub use spec::{is_valid_device_id, DeviceSpec, FleetSpec};
