@@ -15,7 +15,7 @@ use crate::hub::Hub;
 use crate::mqtt_link::LinkHandle;
 use crate::outbox::{Frame, Outbox};
 use crate::payload::Ack;
-use crate::protocol::{CommandStatus, Presence, ServerMsg};
+use crate::protocol::{CommandStatus, Presence, ServerMsg, Wire};
 
 #[derive(Debug)]
 pub struct Commands {
@@ -32,6 +32,7 @@ struct Pending {
     params: Map<String, Value>,
     identity: Arc<str>,
     outbox: Arc<Outbox>,
+    wire: Wire,
     started: Instant,
 }
 
@@ -45,6 +46,7 @@ pub struct CommandRequest {
     pub params: Map<String, Value>,
     pub timeout: Duration,
     pub outbox: Arc<Outbox>,
+    pub wire: Wire,
 }
 
 /// A command that never entered the table; the session answers with an `error`.
@@ -104,6 +106,7 @@ impl Commands {
             params: r.params,
             identity: r.identity,
             outbox: r.outbox,
+            wire: r.wire,
             started: Instant::now(),
         };
         let offline_reason = match presence {
@@ -208,7 +211,7 @@ fn push_status(
         result,
         error,
     };
-    p.outbox.push(Frame::control(msg.to_json()));
+    p.outbox.push(Frame::control(&msg, p.wire));
 }
 
 fn audit(p: &Pending, id: &str, status: CommandStatus, error: Option<&str>) {

@@ -21,6 +21,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub history: HistoryConfig,
+    #[serde(default)]
     pub commands: CommandConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -77,6 +79,23 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     /// Frames a session may have queued before telemetry is conflated.
     pub session_queue: usize,
+}
+
+/// Telemetry kept per device, for resuming clients and `history` requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    pub max_samples: usize,
+    pub max_age_secs: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            max_samples: 512,
+            max_age_secs: 3600,
+        }
+    }
 }
 
 /// Command handling.
@@ -216,6 +235,7 @@ impl Config {
                 reconnect_max_ms: defaults::reconnect_max_ms(),
             },
             limits: Limits::default(),
+            history: HistoryConfig::default(),
             commands: CommandConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
@@ -294,6 +314,9 @@ impl Config {
                 "limits.ping_interval_secs must be > 0 and less than limits.idle_timeout_secs"
                     .into(),
             );
+        }
+        if self.history.max_samples > 1_000_000 {
+            return bad("history.max_samples must be at most 1000000".into());
         }
         let c = &self.commands;
         if c.default_timeout_ms == 0 || c.default_timeout_ms > c.max_timeout_ms {

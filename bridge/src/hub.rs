@@ -1,54 +1,106 @@
 //! The hub: what the bridge knows of every device, who is subscribed to what, and the fan-out.
 //!
 //! The MQTT link calls `on_*` with decoded device data; the hub updates the device, encodes the
-//! outgoing message once and pushes the shared bytes into each subscribed session's outbox.
-//! Subscribing builds the snapshot under the same lock as the fan-out, so a client sees every
-//! message after its snapshot exactly once.
+//! outgoing message once per wire format in use and pushes the shared bytes into each
+//! subscribed session's outbox. Subscribing builds the snapshot (and any resume replay) under
+//! the same lock as the fan-out, so a client sees every message after it exactly once.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
+use crate::history::{Query, Ring, Sample};
 use crate::outbox::{Frame, Outbox};
-use crate::protocol::{DeviceView, ListEntry, Presence, ServerMsg};
+use crate::protocol::{DeviceView, ListEntry, Presence, SampleView, ServerMsg, Wire, WireSet};
+use crate::resume::ResumePoint;
 use crate::topic::Pattern;
 
 pub type SessionId = u64;
 
-#[derive(Debug)]
+/// Decides which device ids a session may read (the ACL's answer for its identity).
+pub type ReadScope = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// How much telemetry history each device keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    pub max_samples: usize,
+    pub max_age_ms: i64,
+}
+
+/// Per-subscription options: a projection and a rate limit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubOptions {
+    pub fields: Option<Arc<[String]>>,
+    pub min_interval: Option<Duration>,
+}
+
 pub struct Hub {
     inner: Mutex<Inner>,
     broker_up: AtomicBool,
     epoch: String,
+    history: HistoryLimits,
+    json_sessions: AtomicUsize,
+    cbor_sessions: AtomicUsize,
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
 struct Inner {
     devices: BTreeMap<Arc<str>, Device>,
     sessions: HashMap<SessionId, SessionSubs>,
     next_session: SessionId,
 }
 
-#[derive(Debug)]
 struct SessionSubs {
     outbox: Arc<Outbox>,
-    patterns: Vec<Pattern>,
+    wire: Wire,
+    readable: ReadScope,
+    subs: Vec<(Pattern, SubOptions)>,
 }
 
-#[derive(Debug)]
+impl SessionSubs {
+    /// The options of the first subscription matching `id`, if the session may read it.
+    fn options_for(&self, id: &str) -> Option<&SubOptions> {
+        if !(self.readable)(id) {
+            return None;
+        }
+        self.subs
+            .iter()
+            .find(|(p, _)| p.matches(id))
+            .map(|(_, o)| o)
+    }
+}
+
+#[derive(Clone)]
+struct Subscriber {
+    session: SessionId,
+    outbox: Arc<Outbox>,
+    wire: Wire,
+    opts: SubOptions,
+}
+
 struct Device {
     id: Arc<str>,
     meta: Option<Value>,
     online: Option<bool>,
     state: Option<Map<String, Value>>,
-    telemetry: Option<Map<String, Value>>,
+    telemetry: Option<Arc<Map<String, Value>>>,
     telemetry_ts: Option<i64>,
     seq: u64,
-    /// Sessions whose patterns match this device, kept in step on (un)subscribe.
-    subscribers: Vec<(SessionId, Arc<Outbox>)>,
+    history: Ring,
+    /// Sessions whose subscriptions match this device, kept in step on (un)subscribe.
+    subscribers: Vec<Subscriber>,
 }
 
 /// Why a subscribe was refused.
@@ -60,23 +112,56 @@ pub enum SubscribeError {
     TooMany(usize),
 }
 
+/// A subscribe request as the session hands it over.
+#[derive(Debug)]
+pub struct SubscribeRequest<'a> {
+    pub patterns: &'a [String],
+    pub req: Option<&'a Value>,
+    /// `Some(None)`: the client gave a `since` the bridge cannot read.
+    pub since: Option<Option<ResumePoint>>,
+    pub opts: SubOptions,
+    pub max_subscriptions: usize,
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+fn project<'a>(
+    data: &'a Map<String, Value>,
+    fields: Option<&[String]>,
+) -> Cow<'a, Map<String, Value>> {
+    match fields {
+        None => Cow::Borrowed(data),
+        Some(fields) => Cow::Owned(
+            data.iter()
+                .filter(|(k, _)| fields.iter().any(|f| f == *k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+    }
+}
+
 impl Hub {
-    pub fn new(epoch: String) -> Arc<Hub> {
+    pub fn new(epoch: String, history: HistoryLimits) -> Arc<Hub> {
         Arc::new(Hub {
             inner: Mutex::new(Inner::default()),
             broker_up: AtomicBool::new(false),
             epoch,
+            history,
+            json_sessions: AtomicUsize::new(0),
+            cbor_sessions: AtomicUsize::new(0),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     pub fn broker_up(&self) -> bool {
@@ -87,18 +172,29 @@ impl Hub {
         self.lock().devices.len()
     }
 
+    /// Encodings wanted for shared frames, from the sessions connected now.
+    fn wires(&self) -> WireSet {
+        WireSet {
+            json: self.json_sessions.load(Ordering::Relaxed) > 0,
+            cbor: self.cbor_sessions.load(Ordering::Relaxed) > 0,
+        }
+    }
+
+    fn counter(&self, wire: Wire) -> &AtomicUsize {
+        match wire {
+            Wire::Json => &self.json_sessions,
+            Wire::Cbor => &self.cbor_sessions,
+        }
+    }
+
     /// Records the broker link state and tells every session when it changes.
     pub fn set_broker_up(&self, up: bool) {
         let inner = self.lock();
         if self.broker_up.swap(up, Ordering::AcqRel) == up {
             return;
         }
-        let frame = Frame::control(
-            ServerMsg::Broker {
-                status: if up { "up" } else { "down" },
-            }
-            .to_json(),
-        );
+        let status = if up { "up" } else { "down" };
+        let frame = Frame::new(&ServerMsg::Broker { status }, None, self.wires());
         for s in inner.sessions.values() {
             s.outbox.push(frame.clone());
         }
@@ -119,14 +215,20 @@ impl Hub {
         inner.devices.get(id).map(|d| self.presence_of(d))
     }
 
-    /// Finds or creates a device; a new device gets every session whose patterns match it.
-    fn device<'a>(inner: &'a mut Inner, id: &str) -> (&'a mut Device, bool) {
+    /// Finds or creates a device; a new device gets every session whose subscriptions match it.
+    fn device<'a>(inner: &'a mut Inner, id: &str) -> &'a mut Device {
         if !inner.devices.contains_key(id) {
             let subscribers = inner
                 .sessions
                 .iter()
-                .filter(|(_, s)| s.patterns.iter().any(|p| p.matches(id)))
-                .map(|(sid, s)| (*sid, s.outbox.clone()))
+                .filter_map(|(sid, s)| {
+                    s.options_for(id).map(|opts| Subscriber {
+                        session: *sid,
+                        outbox: s.outbox.clone(),
+                        wire: s.wire,
+                        opts: opts.clone(),
+                    })
+                })
                 .collect();
             let key: Arc<str> = Arc::from(id);
             let device = Device {
@@ -137,17 +239,24 @@ impl Hub {
                 telemetry: None,
                 telemetry_ts: None,
                 seq: 0,
+                history: Ring::default(),
                 subscribers,
             };
             inner.devices.insert(key, device);
-            return (inner.devices.get_mut(id).expect("inserted above"), true);
         }
-        (inner.devices.get_mut(id).expect("checked above"), false)
+        inner
+            .devices
+            .get_mut(id)
+            .expect("present: inserted above if missing")
     }
 
-    fn fan_out(d: &Device, frame: Frame) {
-        for (_, outbox) in &d.subscribers {
-            outbox.push(frame.clone());
+    fn fan_out(&self, d: &Device, msg: &ServerMsg<'_>) {
+        if d.subscribers.is_empty() {
+            return;
+        }
+        let frame = Frame::new(msg, None, self.wires());
+        for s in &d.subscribers {
+            s.outbox.push(frame.clone());
         }
     }
 
@@ -156,26 +265,26 @@ impl Hub {
         let mut inner = self.lock();
         match meta {
             Some(meta) => {
-                let (d, _) = Self::device(&mut inner, id);
+                let d = Self::device(&mut inner, id);
                 if d.meta.as_ref() == Some(&meta) {
                     return;
                 }
                 d.meta = Some(meta);
-                let frame = ServerMsg::Device {
+                let msg = ServerMsg::Device {
                     device: id,
                     meta: d.meta.as_ref(),
                     removed: false,
                 };
-                Self::fan_out(d, Frame::control(frame.to_json()));
+                self.fan_out(d, &msg);
             }
             None => {
                 if let Some(d) = inner.devices.remove(id) {
-                    let frame = ServerMsg::Device {
+                    let msg = ServerMsg::Device {
                         device: id,
                         meta: None,
                         removed: true,
                     };
-                    Self::fan_out(&d, Frame::control(frame.to_json()));
+                    self.fan_out(&d, &msg);
                 }
             }
         }
@@ -183,52 +292,88 @@ impl Hub {
 
     pub fn on_status(&self, id: &str, online: bool) {
         let mut inner = self.lock();
-        let (d, _) = Self::device(&mut inner, id);
+        let d = Self::device(&mut inner, id);
         if d.online == Some(online) {
             return;
         }
         d.online = Some(online);
-        let presence = self.presence_of(d);
-        let frame = ServerMsg::Presence {
+        let msg = ServerMsg::Presence {
             device: id,
-            presence,
+            presence: self.presence_of(d),
         };
-        Self::fan_out(d, Frame::control(frame.to_json()));
+        self.fan_out(d, &msg);
     }
 
     pub fn on_state(&self, id: &str, state: Map<String, Value>) {
         let mut inner = self.lock();
-        let (d, _) = Self::device(&mut inner, id);
-        let frame = ServerMsg::State {
+        let d = Self::device(&mut inner, id);
+        let msg = ServerMsg::State {
             device: id,
             ts: now_ms(),
             state: &state,
         };
-        let frame = Frame::control(frame.to_json());
+        self.fan_out(d, &msg);
         d.state = Some(state);
-        Self::fan_out(d, frame);
     }
 
-    /// Telemetry: bumps the device's sequence number by one and fans out.
+    /// Telemetry: bumps the device's sequence number by one, records it, and fans out.
     pub fn on_telemetry(&self, id: &str, mut data: Map<String, Value>) {
         let ts = crate::payload::timestamp(&data).unwrap_or_else(now_ms);
         data.remove("ts");
+        let data = Arc::new(data);
+        let wires = self.wires();
+        let limits = self.history;
         let mut inner = self.lock();
-        let (d, _) = Self::device(&mut inner, id);
+        let d = Self::device(&mut inner, id);
         d.seq += 1;
-        let json = ServerMsg::Telemetry {
-            device: id,
-            seq: d.seq,
-            ts,
-            data: &data,
-        }
-        .to_json();
-        d.telemetry = Some(data);
+        let seq = d.seq;
+        d.history.push(
+            Sample {
+                seq,
+                ts,
+                data: data.clone(),
+            },
+            limits.max_samples,
+            limits.max_age_ms,
+        );
+        d.telemetry = Some(data.clone());
         d.telemetry_ts = Some(ts);
-        Self::fan_out(d, Frame::telemetry(d.id.clone(), json));
+        let mut full: Option<Frame> = None;
+        for s in &d.subscribers {
+            let frame = match &s.opts.fields {
+                None => full
+                    .get_or_insert_with(|| {
+                        let msg = ServerMsg::Telemetry {
+                            device: id,
+                            seq,
+                            ts,
+                            data: &data,
+                        };
+                        Frame::new(&msg, Some(d.id.clone()), wires)
+                    })
+                    .clone(),
+                Some(fields) => {
+                    let projected = project(&data, Some(fields));
+                    if projected.is_empty() {
+                        continue;
+                    }
+                    let msg = ServerMsg::Telemetry {
+                        device: id,
+                        seq,
+                        ts,
+                        data: &projected,
+                    };
+                    Frame::new(&msg, Some(d.id.clone()), WireSet::only(s.wire))
+                }
+            };
+            match s.opts.min_interval {
+                Some(every) => s.outbox.push_throttled(frame, every),
+                None => s.outbox.push(frame),
+            }
+        }
     }
 
-    pub fn register(&self, outbox: Arc<Outbox>) -> SessionId {
+    pub fn register(&self, outbox: Arc<Outbox>, wire: Wire, readable: ReadScope) -> SessionId {
         let mut inner = self.lock();
         inner.next_session += 1;
         let id = inner.next_session;
@@ -236,9 +381,12 @@ impl Hub {
             id,
             SessionSubs {
                 outbox,
-                patterns: Vec::new(),
+                wire,
+                readable,
+                subs: Vec::new(),
             },
         );
+        self.counter(wire).fetch_add(1, Ordering::Relaxed);
         id
     }
 
@@ -246,142 +394,231 @@ impl Hub {
         let mut inner = self.lock();
         if let Some(s) = inner.sessions.remove(&session) {
             for d in inner.devices.values_mut() {
-                d.subscribers.retain(|(sid, _)| *sid != session);
+                d.subscribers.retain(|sub| sub.session != session);
             }
             s.outbox.close();
+            self.counter(s.wire).fetch_sub(1, Ordering::Relaxed);
         }
     }
 
-    /// Adds patterns and pushes the snapshot of every device they match into the session's
-    /// outbox, atomically with respect to fan-out.
+    /// Changes what a session may read (ACL reload); devices it may no longer read stop at once.
+    pub fn set_readable(&self, session: SessionId, readable: ReadScope) {
+        let mut inner = self.lock();
+        let Inner {
+            devices, sessions, ..
+        } = &mut *inner;
+        let Some(s) = sessions.get_mut(&session) else {
+            return;
+        };
+        s.readable = readable;
+        Self::resync(devices, session, s);
+    }
+
+    /// Brings every device's subscriber entry for `session` in line with its subscriptions.
+    fn resync(devices: &mut BTreeMap<Arc<str>, Device>, session: SessionId, s: &SessionSubs) {
+        for (id, d) in devices.iter_mut() {
+            let wanted = s.options_for(id);
+            let at = d.subscribers.iter().position(|sub| sub.session == session);
+            match (wanted, at) {
+                (Some(opts), Some(i)) => d.subscribers[i].opts = opts.clone(),
+                (Some(opts), None) => d.subscribers.push(Subscriber {
+                    session,
+                    outbox: s.outbox.clone(),
+                    wire: s.wire,
+                    opts: opts.clone(),
+                }),
+                (None, Some(i)) => {
+                    d.subscribers.swap_remove(i);
+                    s.outbox.clear_throttle(id);
+                }
+                (None, None) => {}
+            }
+        }
+    }
+
+    /// Adds subscriptions and pushes the snapshot of every readable device they match (and,
+    /// when resuming, exactly the telemetry the client missed) into the session's outbox.
     pub fn subscribe(
         &self,
         session: SessionId,
-        patterns: &[String],
-        req: Option<&Value>,
-        since: Option<&str>,
-        max_subscriptions: usize,
+        r: SubscribeRequest<'_>,
     ) -> Result<(), SubscribeError> {
-        let parsed = patterns
+        let parsed = r
+            .patterns
             .iter()
             .map(|p| Pattern::parse(p).ok_or_else(|| SubscribeError::InvalidPattern(p.clone())))
             .collect::<Result<Vec<_>, _>>()?;
         let mut inner = self.lock();
-        let broker_up = self.broker_up();
         let Inner {
             devices, sessions, ..
         } = &mut *inner;
-        let Some(subs) = sessions.get_mut(&session) else {
+        let Some(s) = sessions.get_mut(&session) else {
             return Ok(());
         };
-        let fresh: Vec<Pattern> = parsed
+        let added = parsed
             .iter()
-            .filter(|p| !subs.patterns.contains(p))
-            .cloned()
+            .filter(|p| !s.subs.iter().any(|(q, _)| q == *p))
+            .count();
+        if s.subs.len() + added > r.max_subscriptions {
+            return Err(SubscribeError::TooMany(r.max_subscriptions));
+        }
+        // The newest subscribe decides the options of the patterns it names: put them first.
+        s.subs.retain(|(q, _)| !parsed.contains(q));
+        let mut subs: Vec<(Pattern, SubOptions)> =
+            parsed.iter().map(|p| (p.clone(), r.opts.clone())).collect();
+        subs.append(&mut s.subs);
+        s.subs = subs;
+        Self::resync(devices, session, s);
+
+        let matched: Vec<&Device> = devices
+            .values()
+            .filter(|d| (s.readable)(&d.id) && parsed.iter().any(|p| p.matches(&d.id)))
             .collect();
-        if subs.patterns.len() + fresh.len() > max_subscriptions {
-            return Err(SubscribeError::TooMany(max_subscriptions));
-        }
-        subs.patterns.extend(fresh);
-        let mut views = Vec::new();
-        for (id, d) in devices.iter_mut() {
-            if !parsed.iter().any(|p| p.matches(id)) {
-                continue;
+        let point = r
+            .since
+            .as_ref()
+            .map(|p| p.as_ref().filter(|p| p.epoch == self.epoch));
+        let recovered = match &point {
+            Some(Some(point)) => matched.iter().all(|d| match point.seqs.get(&*d.id) {
+                Some(seq) => d.history.since(*seq, d.seq).is_some(),
+                None => true,
+            }),
+            _ => false,
+        };
+        let resume_from = |d: &Device| -> Option<u64> {
+            match (&point, recovered) {
+                (Some(Some(p)), true) => p.seqs.get(&*d.id).copied(),
+                _ => None,
             }
-            if !d.subscribers.iter().any(|(sid, _)| *sid == session) {
-                d.subscribers.push((session, subs.outbox.clone()));
-            }
-            views.push((id.clone(), &*d));
-        }
-        let device_views = views
+        };
+        let fields = r.opts.fields.as_deref();
+        let views = matched
             .iter()
-            .map(|(id, d)| DeviceView {
-                id,
-                meta: d.meta.as_ref(),
-                presence: match d.online {
-                    _ if !broker_up => Presence::Stale,
-                    Some(true) => Presence::Online,
-                    Some(false) => Presence::Offline,
-                    None => Presence::Unknown,
-                },
-                state: d.state.as_ref(),
-                telemetry: d.telemetry.as_ref(),
-                seq: d.seq,
-                ts: d.telemetry_ts,
+            .map(|d| {
+                let from = resume_from(d);
+                DeviceView {
+                    id: &d.id,
+                    meta: d.meta.as_ref(),
+                    presence: self.presence_of(d),
+                    state: d.state.as_ref(),
+                    // A resumed device gets its missed telemetry replayed instead.
+                    telemetry: match from {
+                        Some(_) => None,
+                        None => d.telemetry.as_deref().map(|t| project(t, fields)),
+                    },
+                    seq: from.unwrap_or(d.seq),
+                    ts: if from.is_some() { None } else { d.telemetry_ts },
+                }
             })
             .collect();
-        let resume = crate::resume::token(
-            &self.epoch,
-            views.iter().map(|(id, d)| (id.as_ref(), d.seq)),
-        );
         let snapshot = ServerMsg::Snapshot {
-            req,
-            devices: device_views,
-            resume,
-            // Without a history ring nothing can be replayed: a resume always gets a fresh snapshot.
-            recovered: since.map(|_| false),
+            req: r.req,
+            devices: views,
+            epoch: &self.epoch,
+            resume: crate::resume::token(&self.epoch, matched.iter().map(|d| (&*d.id, d.seq))),
+            recovered: r.since.as_ref().map(|_| recovered),
         };
-        subs.outbox.push(Frame::control(snapshot.to_json()));
+        s.outbox.push(Frame::control(&snapshot, s.wire));
+        for d in &matched {
+            let Some(from) = resume_from(d) else { continue };
+            let Some(missed) = d.history.since(from, d.seq) else {
+                continue;
+            };
+            for sample in missed {
+                let data = project(&sample.data, fields);
+                if data.is_empty() {
+                    continue;
+                }
+                let msg = ServerMsg::Telemetry {
+                    device: &d.id,
+                    seq: sample.seq,
+                    ts: sample.ts,
+                    data: &data,
+                };
+                // Replayed messages are never conflated: the client asked for exactly these.
+                s.outbox.push(Frame::control(&msg, s.wire));
+            }
+        }
         Ok(())
     }
 
-    /// Removes patterns (exactly as subscribed); returns those that were subscribed.
+    /// Removes subscriptions (patterns exactly as subscribed); returns those that existed.
     pub fn unsubscribe(&self, session: SessionId, patterns: &[String]) -> Vec<String> {
         let mut inner = self.lock();
         let Inner {
             devices, sessions, ..
         } = &mut *inner;
-        let Some(subs) = sessions.get_mut(&session) else {
+        let Some(s) = sessions.get_mut(&session) else {
             return Vec::new();
         };
         let mut removed = Vec::new();
-        subs.patterns.retain(|p| {
+        s.subs.retain(|(p, _)| {
             let drop = patterns.iter().any(|q| q == p.as_str());
             if drop {
                 removed.push(p.as_str().to_owned());
             }
             !drop
         });
-        for (id, d) in devices.iter_mut() {
-            if !subs.patterns.iter().any(|p| p.matches(id)) {
-                d.subscribers.retain(|(sid, _)| *sid != session);
-            }
-        }
+        Self::resync(devices, session, s);
         removed
     }
 
-    /// The answer to `list`: every known device, briefly.
-    pub fn list(&self, req: Option<&Value>) -> String {
+    /// The answer to `list`: every device the session may read, briefly.
+    pub fn list(&self, req: Option<&Value>, readable: &ReadScope, wire: Wire) -> Frame {
         let inner = self.lock();
-        let field = |d: &Device, k: &str| -> Option<String> {
-            d.meta
-                .as_ref()
-                .and_then(|m| m.get(k))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        let rows: Vec<(Arc<str>, [Option<String>; 3], Presence)> = inner
+        fn text<'a>(d: &'a Device, k: &str) -> Option<&'a str> {
+            d.meta.as_ref()?.get(k)?.as_str()
+        }
+        let devices = inner
             .devices
-            .iter()
-            .map(|(id, d)| {
-                (
-                    id.clone(),
-                    [field(d, "kind"), field(d, "name"), field(d, "room")],
-                    self.presence_of(d),
-                )
+            .values()
+            .filter(|d| readable(&d.id))
+            .map(|d| ListEntry {
+                id: &d.id,
+                kind: text(d, "kind"),
+                name: text(d, "name"),
+                room: text(d, "room"),
+                presence: self.presence_of(d),
             })
             .collect();
-        drop(inner);
-        let devices = rows
-            .iter()
-            .map(|(id, [kind, name, room], presence)| ListEntry {
-                id,
-                kind: kind.as_deref(),
-                name: name.as_deref(),
-                room: room.as_deref(),
-                presence: *presence,
+        Frame::control(&ServerMsg::List { req, devices }, wire)
+    }
+
+    /// The answer to `history`, or `None` when the device is unknown (or not readable).
+    pub fn history(
+        &self,
+        req: Option<&Value>,
+        device: &str,
+        q: &Query,
+        readable: &ReadScope,
+        wire: Wire,
+    ) -> Option<Frame> {
+        if !readable(device) {
+            return None;
+        }
+        let inner = self.lock();
+        let d = inner.devices.get(device)?;
+        let only: Option<[String; 1]> = q.field.clone().map(|f| [f]);
+        let samples = d
+            .history
+            .query(q)
+            .into_iter()
+            .map(|s| SampleView {
+                seq: s.seq,
+                ts: s.ts,
+                data: project(&s.data, only.as_ref().map(|f| &f[..])),
             })
             .collect();
-        ServerMsg::List { req, devices }.to_json()
+        let msg = ServerMsg::History {
+            req,
+            device,
+            field: q.field.as_deref(),
+            samples,
+        };
+        Some(Frame::control(&msg, wire))
     }
 }
+
+#[cfg(test)]
+#[path = "hub_tests.rs"]
+mod tests;

@@ -16,6 +16,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod history;
 pub mod hub;
 pub mod mqtt_link;
 pub mod outbox;
@@ -73,7 +74,13 @@ pub async fn run(
 ) -> Result<(), BridgeError> {
     let instance = config.instance_id();
     let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
-    let hub = hub::Hub::new(format!("{instance}.{}", hub::now_ms()));
+    let hub = hub::Hub::new(
+        format!("{instance}.{}", hub::now_ms()),
+        hub::HistoryLimits {
+            max_samples: config.history.max_samples,
+            max_age_ms: (config.history.max_age_secs as i64).saturating_mul(1000),
+        },
+    );
     let commands = commands::Commands::new(&instance);
     let link = mqtt_link::MqttLink::new(
         &config.broker,

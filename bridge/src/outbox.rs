@@ -1,33 +1,60 @@
 //! A session's bounded outgoing queue. The hub only ever pushes (never waits); when the queue is
 //! full, telemetry is conflated to the newest value per device while everything else is kept.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
+use axum::extract::ws::{Message, Utf8Bytes};
+use bytes::Bytes;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
-/// One encoded message, shared by every session that receives it.
+use crate::protocol::{self, ServerMsg, Wire, WireSet};
+
+/// One encoded message, shared by every session that receives it. It carries the encodings
+/// that some session wanted when it was made; a session converts from the other if needed.
 #[derive(Debug, Clone)]
 pub struct Frame {
     /// `Some(device)` for telemetry, which may be conflated; `None` for everything else.
     pub conflate_key: Option<Arc<str>>,
-    pub json: Utf8Bytes,
+    json: Option<Utf8Bytes>,
+    cbor: Option<Bytes>,
 }
 
 impl Frame {
-    pub fn control(json: String) -> Frame {
+    /// Encodes `msg` once in each wanted format (at least one).
+    pub fn new(msg: &ServerMsg<'_>, conflate_key: Option<Arc<str>>, wire: WireSet) -> Frame {
         Frame {
-            conflate_key: None,
-            json: json.into(),
+            conflate_key,
+            json: (wire.json || !wire.cbor).then(|| msg.to_json().into()),
+            cbor: wire.cbor.then(|| Bytes::from(msg.to_cbor())),
         }
     }
 
-    pub fn telemetry(device: Arc<str>, json: String) -> Frame {
-        Frame {
-            conflate_key: Some(device),
-            json: json.into(),
+    /// A message for one session only, in its format.
+    pub fn control(msg: &ServerMsg<'_>, wire: Wire) -> Frame {
+        Frame::new(msg, None, WireSet::only(wire))
+    }
+
+    /// The WebSocket message for a session speaking `wire`.
+    pub fn message(&self, wire: Wire) -> Message {
+        match (wire, &self.json, &self.cbor) {
+            (Wire::Json, Some(json), _) => Message::Text(json.clone()),
+            (Wire::Cbor, _, Some(cbor)) => Message::Binary(cbor.clone()),
+            (Wire::Json, None, Some(cbor)) => Message::Text(protocol::cbor_to_json(cbor).into()),
+            (Wire::Cbor, Some(json), None) => {
+                Message::Binary(protocol::json_to_cbor(json.as_str()).into())
+            }
+            (_, None, None) => Message::Text(Utf8Bytes::from_static("{}")),
+        }
+    }
+
+    /// The JSON text, for tests and logs.
+    pub fn json(&self) -> String {
+        match self.message(Wire::Json) {
+            Message::Text(t) => t.as_str().to_owned(),
+            _ => String::new(),
         }
     }
 }
@@ -54,6 +81,15 @@ struct Inner {
     conflated: u64,
     over_since: Option<Instant>,
     closed: bool,
+    /// Per-device rate limits asked for with `max_rate_hz`: newest value wins while held.
+    throttle: HashMap<Arc<str>, Throttle>,
+}
+
+#[derive(Debug)]
+struct Throttle {
+    next_allowed: Instant,
+    interval: Duration,
+    held: Option<Frame>,
 }
 
 impl Outbox {
@@ -100,6 +136,74 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Queues telemetry at most once per `interval` per device; in between, the newest frame is
+    /// held and released by [`Outbox::release_due`] when its time comes.
+    pub fn push_throttled(&self, frame: Frame, interval: Duration) {
+        let Some(key) = frame.conflate_key.clone() else {
+            return self.push(frame);
+        };
+        let now = Instant::now();
+        {
+            let mut inner = self.lock();
+            if inner.closed {
+                return;
+            }
+            let slot = inner.throttle.entry(key).or_insert(Throttle {
+                next_allowed: now,
+                interval,
+                held: None,
+            });
+            slot.interval = interval;
+            if now < slot.next_allowed {
+                if slot.held.replace(frame).is_some() {
+                    inner.conflated += 1;
+                }
+                drop(inner);
+                // The session may need to re-arm its timer for this new due time.
+                self.notify.notify_one();
+                return;
+            }
+            slot.next_allowed = now + interval;
+        }
+        self.push(frame);
+    }
+
+    /// When the earliest held frame may be sent.
+    pub fn next_due(&self) -> Option<Instant> {
+        let inner = self.lock();
+        inner
+            .throttle
+            .values()
+            .filter(|t| t.held.is_some())
+            .map(|t| t.next_allowed)
+            .min()
+    }
+
+    /// Queues every held frame whose time has come.
+    pub fn release_due(&self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        {
+            let mut inner = self.lock();
+            for t in inner.throttle.values_mut() {
+                if t.next_allowed <= now {
+                    if let Some(frame) = t.held.take() {
+                        t.next_allowed = now + t.interval;
+                        due.push(frame);
+                    }
+                }
+            }
+        }
+        for frame in due {
+            self.push(frame);
+        }
+    }
+
+    /// Forgets the rate limit of devices no longer subscribed with one.
+    pub fn clear_throttle(&self, device: &str) {
+        self.lock().throttle.remove(device);
+    }
+
     /// Moves up to `max` frames into `out`.
     pub fn drain(&self, out: &mut Vec<Frame>, max: usize) -> DrainInfo {
         let mut inner = self.lock();
@@ -129,6 +233,7 @@ impl Outbox {
         let mut inner = self.lock();
         inner.closed = true;
         inner.queue = VecDeque::new();
+        inner.throttle = HashMap::new();
     }
 
     pub fn len(&self) -> usize {
@@ -144,19 +249,30 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn tele(dev: &str, n: u32) -> Frame {
-        Frame::telemetry(Arc::from(dev), format!("{dev}:{n}"))
+    fn text(s: &str) -> Frame {
+        Frame {
+            conflate_key: None,
+            json: Some(s.into()),
+            cbor: None,
+        }
     }
 
-    fn texts(frames: &[Frame]) -> Vec<&str> {
-        frames.iter().map(|f| f.json.as_str()).collect()
+    fn tele(dev: &str, n: u32) -> Frame {
+        Frame {
+            conflate_key: Some(Arc::from(dev)),
+            ..text(&format!("{dev}:{n}"))
+        }
+    }
+
+    fn texts(frames: &[Frame]) -> Vec<String> {
+        frames.iter().map(Frame::json).collect()
     }
 
     #[test]
     fn under_capacity_keeps_everything_in_order() {
         let ob = Outbox::new(4);
         ob.push(tele("a", 1));
-        ob.push(Frame::control("c".into()));
+        ob.push(text("c"));
         ob.push(tele("a", 2));
         let mut out = Vec::new();
         let info = ob.drain(&mut out, 10);
@@ -170,7 +286,7 @@ mod tests {
         ob.push(tele("a", 1));
         ob.push(tele("b", 1));
         ob.push(tele("a", 2)); // replaces a:1 in place
-        ob.push(Frame::control("status".into())); // never dropped
+        ob.push(text("status")); // never dropped
         ob.push(tele("b", 2)); // replaces b:1
         ob.push(tele("c", 1)); // a device with nothing queued still gets its latest value
         let mut out = Vec::new();
@@ -184,7 +300,7 @@ mod tests {
     fn over_since_persists_while_over_capacity() {
         let ob = Outbox::new(2);
         for n in 0..5 {
-            ob.push(Frame::control(n.to_string()));
+            ob.push(text(&n.to_string()));
         }
         let mut out = Vec::new();
         let info = ob.drain(&mut out, 1);
@@ -199,5 +315,48 @@ mod tests {
         ob.close();
         ob.push(tele("a", 2));
         assert!(ob.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_holds_newest_and_releases_on_time() {
+        let ob = Outbox::new(16);
+        let every = Duration::from_millis(100);
+        ob.push_throttled(tele("a", 1), every); // first one goes at once
+        ob.push_throttled(tele("a", 2), every); // held
+        ob.push_throttled(tele("a", 3), every); // replaces the held one
+        ob.push_throttled(tele("b", 1), every); // other device: own budget
+        let mut out = Vec::new();
+        let info = ob.drain(&mut out, 100);
+        assert_eq!(texts(&out), ["a:1", "b:1"]);
+        assert_eq!(info.conflated, 1, "a:2 was replaced while held");
+        assert!(ob.next_due().is_some());
+        ob.release_due();
+        assert!(ob.is_empty(), "not due yet");
+        tokio::time::advance(every).await;
+        ob.release_due();
+        out.clear();
+        let info = ob.drain(&mut out, 100);
+        assert_eq!(texts(&out), ["a:3"]);
+        assert_eq!(info.conflated, 0);
+        assert!(ob.next_due().is_none());
+    }
+
+    #[test]
+    fn frames_convert_between_wire_formats() {
+        let msg = ServerMsg::Broker { status: "up" };
+        let json_only = Frame::new(&msg, None, WireSet::only(Wire::Json));
+        let cbor_only = Frame::new(&msg, None, WireSet::only(Wire::Cbor));
+        let as_json = |m: Message| match m {
+            Message::Text(t) => serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap(),
+            Message::Binary(b) => ciborium::from_reader(&b[..]).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        for f in [&json_only, &cbor_only] {
+            assert_eq!(
+                as_json(f.message(Wire::Json)),
+                as_json(f.message(Wire::Cbor))
+            );
+            assert!(matches!(f.message(Wire::Cbor), Message::Binary(_)));
+        }
     }
 }

@@ -7,7 +7,51 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub const SUBPROTOCOL_JSON: &str = "iotbridge.v1.json";
+pub const SUBPROTOCOL_CBOR: &str = "iotbridge.v1.cbor";
 pub const PROTOCOL_VERSION: &str = "iotbridge.v1";
+
+/// The two wire formats: same messages, JSON text frames or CBOR binary frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    Json,
+    Cbor,
+}
+
+impl Wire {
+    pub fn from_subprotocol(name: &str) -> Option<Wire> {
+        match name {
+            SUBPROTOCOL_JSON => Some(Wire::Json),
+            SUBPROTOCOL_CBOR => Some(Wire::Cbor),
+            _ => None,
+        }
+    }
+
+    pub fn subprotocol(self) -> &'static str {
+        match self {
+            Wire::Json => SUBPROTOCOL_JSON,
+            Wire::Cbor => SUBPROTOCOL_CBOR,
+        }
+    }
+}
+
+/// Which encodings a shared frame needs, from the formats of the sessions connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireSet {
+    pub json: bool,
+    pub cbor: bool,
+}
+
+impl WireSet {
+    pub fn only(wire: Wire) -> WireSet {
+        WireSet {
+            json: wire == Wire::Json,
+            cbor: wire == Wire::Cbor,
+        }
+    }
+}
+
+/// Maximum nesting of a client message; deeper is refused before it is looked at.
+const MAX_DEPTH: usize = 32;
 
 /// Error codes of `error` messages; stable strings, documented in docs/protocol.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -22,6 +66,7 @@ pub enum ErrorCode {
     InvalidPattern,
     TooManySubscriptions,
     Forbidden,
+    RateLimited,
 }
 
 /// A request that could not be decoded, with whatever `req` could be recovered.
@@ -45,7 +90,7 @@ pub enum ClientMsg {
     Subscribe {
         devices: Vec<String>,
         #[serde(default)]
-        since: Option<String>,
+        since: Option<Since>,
         #[serde(default)]
         max_rate_hz: Option<f64>,
         #[serde(default)]
@@ -62,11 +107,54 @@ pub enum ClientMsg {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    History {
+        device: String,
+        #[serde(default)]
+        field: Option<String>,
+        #[serde(default)]
+        from: Option<i64>,
+        #[serde(default)]
+        to: Option<i64>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
     List {},
     Ping {},
 }
 
-const KNOWN_TYPES: &[&str] = &["subscribe", "unsubscribe", "command", "list", "ping"];
+/// Where a resuming client left off: the `resume` token of a snapshot, or the epoch and the
+/// last `seq` it received of each device (what a client tracks as telemetry arrives).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Since {
+    Token(String),
+    Point {
+        epoch: String,
+        seqs: std::collections::BTreeMap<String, u64>,
+    },
+}
+
+impl Since {
+    /// `None` when the token is not one this bridge makes.
+    pub fn resume_point(&self) -> Option<crate::resume::ResumePoint> {
+        match self {
+            Since::Token(t) => crate::resume::parse(t),
+            Since::Point { epoch, seqs } => Some(crate::resume::ResumePoint {
+                epoch: epoch.clone(),
+                seqs: seqs.clone(),
+            }),
+        }
+    }
+}
+
+const KNOWN_TYPES: &[&str] = &[
+    "subscribe",
+    "unsubscribe",
+    "command",
+    "history",
+    "list",
+    "ping",
+];
 
 /// Decodes one text frame.
 pub fn decode_json(text: &str) -> Result<Request, DecodeError> {
@@ -75,6 +163,22 @@ pub fn decode_json(text: &str) -> Result<Request, DecodeError> {
         code: ErrorCode::BadFrame,
         message: format!("not valid JSON: {e}"),
     })?;
+    decode_value(value)
+}
+
+/// Decodes one binary frame of the CBOR subprotocol: the same maps as JSON.
+pub fn decode_cbor(bytes: &[u8]) -> Result<Request, DecodeError> {
+    let bad = |message: String| DecodeError {
+        req: None,
+        code: ErrorCode::BadFrame,
+        message,
+    };
+    let mut reader = std::io::Cursor::new(bytes);
+    let value: Value = ciborium::de::from_reader_with_recursion_limit(&mut reader, MAX_DEPTH)
+        .map_err(|e| bad(format!("not valid CBOR: {e}")))?;
+    if reader.position() as usize != bytes.len() {
+        return Err(bad("trailing bytes after the CBOR message".into()));
+    }
     decode_value(value)
 }
 
@@ -173,7 +277,7 @@ pub struct DeviceView<'a> {
     pub meta: Option<&'a Value>,
     pub presence: Presence,
     pub state: Option<&'a Map<String, Value>>,
-    pub telemetry: Option<&'a Map<String, Value>>,
+    pub telemetry: Option<std::borrow::Cow<'a, Map<String, Value>>>,
     pub seq: u64,
     pub ts: Option<i64>,
 }
@@ -205,6 +309,7 @@ pub enum ServerMsg<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         req: Option<&'a Value>,
         devices: Vec<DeviceView<'a>>,
+        epoch: &'a str,
         resume: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
@@ -251,6 +356,14 @@ pub enum ServerMsg<'a> {
         req: Option<&'a Value>,
         devices: Vec<ListEntry<'a>>,
     },
+    History {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req: Option<&'a Value>,
+        device: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        field: Option<&'a str>,
+        samples: Vec<SampleView<'a>>,
+    },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
         req: Option<&'a Value>,
@@ -267,6 +380,13 @@ pub enum ServerMsg<'a> {
         code: ErrorCode,
         message: &'a str,
     },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleView<'a> {
+    pub seq: u64,
+    pub ts: i64,
+    pub data: std::borrow::Cow<'a, Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -289,6 +409,35 @@ impl ServerMsg<'_> {
             format!(r#"{{"type":"error","code":"bad_frame","message":"encode failed: {e}"}}"#)
         })
     }
+
+    /// CBOR encoding of the same message.
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        if let Err(e) = ciborium::ser::into_writer(self, &mut out) {
+            out.clear();
+            let msg = format!("encode failed: {e}");
+            let fallback = serde_json::json!({"type":"error","code":"bad_frame","message":msg});
+            // Encoding a plain JSON value into a Vec cannot fail.
+            let _ = ciborium::ser::into_writer(&fallback, &mut out);
+        }
+        out
+    }
+}
+
+/// Re-encodes a CBOR message as JSON text (for a frame made before a JSON session appeared).
+pub fn cbor_to_json(bytes: &[u8]) -> String {
+    ciborium::de::from_reader::<Value, _>(bytes)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| "{}".into())
+}
+
+/// Re-encodes a JSON message as CBOR (for a frame made before a CBOR session appeared).
+pub fn json_to_cbor(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        let _ = ciborium::ser::into_writer(&v, &mut out);
+    }
+    out
 }
 
 #[cfg(test)]

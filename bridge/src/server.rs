@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::protocol::SUBPROTOCOL_JSON;
+use crate::protocol::{Wire, SUBPROTOCOL_CBOR, SUBPROTOCOL_JSON};
 use crate::Shared;
 
 /// Who is on the other end of a connection, known once the TLS handshake succeeded.
@@ -149,23 +149,38 @@ async fn websocket(
     Extension(peer): Extension<Peer>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let offered: Vec<_> = ws.requested_protocols().collect();
-    if !offered.is_empty() && !offered.iter().any(|p| *p == SUBPROTOCOL_JSON) {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("unsupported subprotocol; this bridge speaks {SUBPROTOCOL_JSON}\n"),
-        )
-            .into_response();
-    }
+    // The client's order of preference decides; no offer at all means JSON (simple scripts).
+    let offered: Vec<String> = ws
+        .requested_protocols()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
+        .collect();
+    let wire = if offered.is_empty() {
+        Wire::Json
+    } else {
+        match offered.iter().find_map(|p| Wire::from_subprotocol(p)) {
+            Some(wire) => wire,
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("unsupported subprotocol; this bridge speaks {SUBPROTOCOL_JSON} and {SUBPROTOCOL_CBOR}\n"),
+                )
+                    .into_response()
+            }
+        }
+    };
     let limits = &shared.config.limits;
-    info!("websocket session starting");
-    ws.protocols([SUBPROTOCOL_JSON])
+    info!(
+        subprotocol = wire.subprotocol(),
+        "websocket session starting"
+    );
+    ws.protocols([wire.subprotocol()])
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         // tungstenite reserves its read buffer per connection: keep it small for many idle clients.
         .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| crate::session::run(socket, peer, shared))
+        .on_upgrade(move |socket| crate::session::run(socket, wire, peer, shared))
 }
 
 #[derive(rust_embed::RustEmbed)]

@@ -3,17 +3,19 @@
 //! so a client sees everything in one order.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::commands::{CommandError, CommandRequest};
-use crate::hub::SessionId;
+use crate::history::Query;
+use crate::hub::{ReadScope, SessionId, SubOptions, SubscribeRequest};
 use crate::outbox::{Frame, Outbox};
-use crate::protocol::{self, ClientMsg, ErrorCode, LimitsView, Permissions, ServerMsg};
+use crate::protocol::{self, ClientMsg, ErrorCode, LimitsView, Permissions, ServerMsg, Wire};
 use crate::server::Peer;
 use crate::Shared;
 
@@ -24,18 +26,21 @@ const SLOW_CLIENT_LIMIT: Duration = Duration::from_secs(10);
 /// Close code for a client that cannot keep up (private range, documented in docs/protocol.md).
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 
-pub async fn run(socket: WebSocket, peer: Peer, shared: Arc<Shared>) {
+pub async fn run(socket: WebSocket, wire: Wire, peer: Peer, shared: Arc<Shared>) {
     // Keeps shutdown waiting for this session; axum spawned the task, not our tracker.
     let _tracked = shared.tracker.token();
     let outbox = Outbox::new(shared.config.limits.session_queue);
-    let id = shared.hub.register(outbox.clone());
+    let readable: ReadScope = Arc::new(|_: &str| true);
+    let id = shared.hub.register(outbox.clone(), wire, readable.clone());
     let span =
         tracing::info_span!("session", peer = %peer.addr, identity = %peer.identity, session = id);
     let session = Session {
         id,
+        wire,
         peer,
         shared: shared.clone(),
         outbox,
+        readable,
     };
     session.run(socket).instrument(span).await;
     shared.hub.unregister(id);
@@ -43,9 +48,11 @@ pub async fn run(socket: WebSocket, peer: Peer, shared: Arc<Shared>) {
 
 struct Session {
     id: SessionId,
+    wire: Wire,
     peer: Peer,
     shared: Arc<Shared>,
     outbox: Arc<Outbox>,
+    readable: ReadScope,
 }
 
 /// Why the loop ended and what to tell the client.
@@ -66,6 +73,7 @@ impl Session {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
 
         let end = loop {
+            let throttled = self.outbox.next_due();
             tokio::select! {
                 _ = self.shared.close_sessions.cancelled() => {
                     // Deliver what is queued (final command statuses among it), then say goodbye.
@@ -78,9 +86,8 @@ impl Session {
                     Some(Ok(msg)) => {
                         last_heard = Instant::now();
                         match msg {
-                            Message::Text(text) => self.on_text(&text),
-                            Message::Binary(_) => self.error(None, ErrorCode::BadFrame,
-                                "binary frames are not part of iotbridge.v1.json; send JSON text frames"),
+                            Message::Text(text) => self.on_frame(Frame_::Text(&text)),
+                            Message::Binary(bytes) => self.on_frame(Frame_::Binary(&bytes)),
                             Message::Close(_) => break End::PeerGone,
                             Message::Ping(_) | Message::Pong(_) => {}
                         }
@@ -91,6 +98,9 @@ impl Session {
                         Ok(()) => {}
                         Err(end) => break end,
                     }
+                }
+                _ = sleep_until(throttled.unwrap_or_else(Instant::now)), if throttled.is_some() => {
+                    self.outbox.release_due();
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > idle_timeout {
@@ -164,13 +174,14 @@ impl Session {
             }
             let write = async {
                 for frame in batch.drain(..) {
-                    ws.feed(Message::Text(frame.json)).await?;
+                    ws.feed(frame.message(self.wire)).await?;
                 }
                 if info.conflated > 0 {
                     let lag = ServerMsg::Lagging {
                         conflated: info.conflated,
                     };
-                    ws.feed(Message::Text(lag.to_json().into())).await?;
+                    ws.feed(Frame::control(&lag, self.wire).message(self.wire))
+                        .await?;
                 }
                 ws.flush().await
             };
@@ -210,16 +221,37 @@ impl Session {
                 max_subscriptions: config.limits.max_subscriptions,
             },
         };
-        self.outbox.push(Frame::control(msg.to_json()));
+        self.send(&msg);
+    }
+
+    fn send(&self, msg: &ServerMsg<'_>) {
+        self.outbox.push(Frame::control(msg, self.wire));
     }
 
     fn error(&self, req: Option<&Value>, code: ErrorCode, message: &str) {
-        let msg = ServerMsg::Error { req, code, message };
-        self.outbox.push(Frame::control(msg.to_json()));
+        self.send(&ServerMsg::Error { req, code, message });
     }
 
-    fn on_text(&self, text: &str) {
-        let request = match protocol::decode_json(text) {
+    fn on_frame(&self, frame: Frame_<'_>) {
+        let decoded = match (self.wire, frame) {
+            (Wire::Json, Frame_::Text(text)) => protocol::decode_json(text),
+            (Wire::Cbor, Frame_::Binary(bytes)) => protocol::decode_cbor(bytes),
+            (Wire::Json, Frame_::Binary(_)) => {
+                return self.error(
+                    None,
+                    ErrorCode::BadFrame,
+                    "binary frame on iotbridge.v1.json: send JSON in text frames",
+                );
+            }
+            (Wire::Cbor, Frame_::Text(_)) => {
+                return self.error(
+                    None,
+                    ErrorCode::BadFrame,
+                    "text frame on iotbridge.v1.cbor: send CBOR in binary frames",
+                );
+            }
+        };
+        let request = match decoded {
             Ok(r) => r,
             Err(e) => {
                 debug!(code = ?e.code, message = %e.message, "bad request");
@@ -236,23 +268,21 @@ impl Session {
                 max_rate_hz,
                 fields,
             } => {
-                if max_rate_hz.is_some() || fields.is_some() {
-                    return self.error(
-                        req,
-                        ErrorCode::BadRequest,
-                        "max_rate_hz and fields are not supported by this bridge version",
-                    );
-                }
                 if devices.is_empty() {
                     return self.error(req, ErrorCode::BadRequest, "devices must not be empty");
                 }
-                if let Err(e) = hub.subscribe(
-                    self.id,
-                    &devices,
+                let opts = match subscription_options(max_rate_hz, fields) {
+                    Ok(opts) => opts,
+                    Err(message) => return self.error(req, ErrorCode::BadRequest, message),
+                };
+                let request = SubscribeRequest {
+                    patterns: &devices,
                     req,
-                    since.as_deref(),
-                    limits.max_subscriptions,
-                ) {
+                    since: since.map(|s| s.resume_point()),
+                    opts,
+                    max_subscriptions: limits.max_subscriptions,
+                };
+                if let Err(e) = hub.subscribe(self.id, request) {
                     let code = match e {
                         crate::hub::SubscribeError::InvalidPattern(_) => ErrorCode::InvalidPattern,
                         crate::hub::SubscribeError::TooMany(_) => ErrorCode::TooManySubscriptions,
@@ -262,11 +292,10 @@ impl Session {
             }
             ClientMsg::Unsubscribe { devices } => {
                 let removed = hub.unsubscribe(self.id, &devices);
-                let msg = ServerMsg::Unsubscribed {
+                self.send(&ServerMsg::Unsubscribed {
                     req,
                     devices: removed.iter().map(String::as_str).collect(),
-                };
-                self.outbox.push(Frame::control(msg.to_json()));
+                });
             }
             ClientMsg::Command {
                 device,
@@ -274,10 +303,27 @@ impl Session {
                 params,
                 timeout_ms,
             } => self.command(req, device, action, params, timeout_ms),
-            ClientMsg::List {} => self.outbox.push(Frame::control(hub.list(req))),
-            ClientMsg::Ping {} => self
-                .outbox
-                .push(Frame::control(ServerMsg::Pong { req }.to_json())),
+            ClientMsg::History {
+                device,
+                field,
+                from,
+                to,
+                limit,
+            } => {
+                let max = self.shared.config.history.max_samples.max(1);
+                let query = Query {
+                    field,
+                    from,
+                    to,
+                    limit: limit.unwrap_or(max).min(max),
+                };
+                match hub.history(req, &device, &query, &self.readable, self.wire) {
+                    Some(frame) => self.outbox.push(frame),
+                    None => self.error(req, ErrorCode::UnknownDevice, "unknown device"),
+                }
+            }
+            ClientMsg::List {} => self.outbox.push(hub.list(req, &self.readable, self.wire)),
+            ClientMsg::Ping {} => self.send(&ServerMsg::Pong { req }),
         }
     }
 
@@ -305,6 +351,7 @@ impl Session {
             params,
             timeout: Duration::from_millis(timeout),
             outbox: self.outbox.clone(),
+            wire: self.wire,
         };
         let shared = &self.shared;
         if let Err(e) = shared.commands.start(&shared.hub, &shared.link, request) {
@@ -316,5 +363,59 @@ impl Session {
             };
             self.error(req, code, &e.to_string());
         }
+    }
+}
+
+/// A received data frame, before decoding.
+#[derive(Clone, Copy)]
+enum Frame_<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+/// Checks `max_rate_hz` and `fields` of a subscribe.
+fn subscription_options(
+    max_rate_hz: Option<f64>,
+    fields: Option<Vec<String>>,
+) -> Result<SubOptions, &'static str> {
+    let min_interval = match max_rate_hz {
+        None => None,
+        Some(hz) if hz.is_finite() && hz > 0.0 && hz <= 1000.0 => {
+            Some(Duration::from_secs_f64(1.0 / hz))
+        }
+        Some(_) => return Err("max_rate_hz must be a number above 0 and at most 1000"),
+    };
+    let fields = match fields {
+        None => None,
+        Some(f) if f.is_empty() || f.len() > 64 => {
+            return Err("fields must list 1 to 64 field names")
+        }
+        Some(f) if f.iter().any(|n| n.is_empty() || n.len() > 64) => {
+            return Err("field names must be 1 to 64 bytes")
+        }
+        Some(f) => Some(Arc::from(f)),
+    };
+    Ok(SubOptions {
+        fields,
+        min_interval,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_options_are_checked() {
+        assert_eq!(subscription_options(None, None), Ok(SubOptions::default()));
+        let o = subscription_options(Some(4.0), Some(vec!["t".into()])).unwrap();
+        assert_eq!(o.min_interval, Some(Duration::from_millis(250)));
+        assert_eq!(o.fields.as_deref(), Some(&["t".to_string()][..]));
+        for hz in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e6] {
+            assert!(subscription_options(Some(hz), None).is_err(), "{hz}");
+        }
+        assert!(subscription_options(None, Some(vec![])).is_err());
+        assert!(subscription_options(None, Some(vec![String::new()])).is_err());
+        assert!(subscription_options(None, Some(vec!["x".repeat(65)])).is_err());
     }
 }

@@ -1,0 +1,162 @@
+//! Per-device telemetry history: a ring bounded by count and age, holding contiguous sequence
+//! numbers so a resuming client can be given exactly what it missed. Pure data, no I/O.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+/// One telemetry message as received (without `ts`, which is kept apart).
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub seq: u64,
+    pub ts: i64,
+    pub data: Arc<Map<String, Value>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Ring {
+    samples: VecDeque<Sample>,
+}
+
+/// What a `history` request asks for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Query {
+    pub field: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub limit: usize,
+}
+
+impl Ring {
+    /// Appends a sample and drops what is beyond `max_len` or older than `max_age_ms` before it.
+    pub fn push(&mut self, sample: Sample, max_len: usize, max_age_ms: i64) {
+        let horizon = sample.ts.saturating_sub(max_age_ms);
+        self.samples.push_back(sample);
+        while self.samples.len() > max_len || self.samples.front().is_some_and(|s| s.ts < horizon) {
+            self.samples.pop_front();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// The samples after `seq`, in order, if the ring still holds every one of them up to
+    /// `latest`; `None` when part of the gap is gone.
+    pub fn since(&self, seq: u64, latest: u64) -> Option<impl Iterator<Item = &Sample>> {
+        if seq > latest {
+            return None;
+        }
+        if seq == latest {
+            return Some(self.samples.range(0..0));
+        }
+        let first = self.samples.front()?.seq;
+        if first > seq + 1 {
+            return None;
+        }
+        let start = (seq + 1 - first) as usize;
+        Some(self.samples.range(start..))
+    }
+
+    /// The newest `limit` samples in `[from, to]` (and holding `field`, when given), oldest first.
+    pub fn query(&self, q: &Query) -> Vec<&Sample> {
+        let mut picked: Vec<&Sample> = self
+            .samples
+            .iter()
+            .rev()
+            .filter(|s| q.from.is_none_or(|f| s.ts >= f) && q.to.is_none_or(|t| s.ts <= t))
+            .filter(|s| q.field.as_ref().is_none_or(|f| s.data.contains_key(f)))
+            .take(q.limit)
+            .collect();
+        picked.reverse();
+        picked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample(seq: u64, ts: i64, v: Value) -> Sample {
+        Sample {
+            seq,
+            ts,
+            data: Arc::new(v.as_object().cloned().unwrap_or_default()),
+        }
+    }
+
+    fn ring(n: u64) -> Ring {
+        let mut r = Ring::default();
+        for seq in 1..=n {
+            r.push(
+                sample(seq, seq as i64 * 1000, json!({"t": seq})),
+                5,
+                1_000_000,
+            );
+        }
+        r
+    }
+
+    #[test]
+    fn bounded_by_count_and_age() {
+        let r = ring(8);
+        assert_eq!(r.len(), 5);
+        let mut r = Ring::default();
+        for seq in 1..=10 {
+            r.push(sample(seq, seq as i64 * 1000, json!({})), 100, 3000);
+        }
+        let seqs: Vec<u64> = r.samples.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, [7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn since_gives_exactly_the_gap_or_nothing() {
+        let r = ring(8); // holds 4..=8
+        let seqs = |from| {
+            r.since(from, 8)
+                .map(|it| it.map(|s| s.seq).collect::<Vec<_>>())
+        };
+        assert_eq!(seqs(8), Some(vec![]));
+        assert_eq!(seqs(5), Some(vec![6, 7, 8]));
+        assert_eq!(seqs(3), Some(vec![4, 5, 6, 7, 8]));
+        assert_eq!(seqs(2), None, "sample 3 is gone");
+        assert_eq!(seqs(9), None, "ahead of the device: another epoch");
+        assert!(Ring::default().since(0, 0).is_some());
+        assert!(Ring::default().since(0, 3).is_none());
+    }
+
+    #[test]
+    fn query_filters_and_limits_newest_first_then_orders() {
+        let mut r = Ring::default();
+        for seq in 1..=6 {
+            let data = if seq % 2 == 0 {
+                json!({"a": seq})
+            } else {
+                json!({"b": seq})
+            };
+            r.push(sample(seq, seq as i64, data), 100, 1000);
+        }
+        let q = |field: Option<&str>, from, to, limit| {
+            r.query(&Query {
+                field: field.map(str::to_owned),
+                from,
+                to,
+                limit,
+            })
+            .iter()
+            .map(|s| s.seq)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(q(None, None, None, 100), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(q(None, None, None, 2), [5, 6]);
+        assert_eq!(q(Some("a"), None, None, 100), [2, 4, 6]);
+        assert_eq!(q(None, Some(2), Some(4), 100), [2, 3, 4]);
+        assert_eq!(q(Some("b"), Some(2), None, 1), [5]);
+    }
+}

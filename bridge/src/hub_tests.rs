@@ -1,0 +1,270 @@
+//! Hub behaviour without sockets: snapshots, fan-out, sequence numbers and gap-free resume.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::*;
+
+fn hub(max_samples: usize) -> Arc<Hub> {
+    let hub = Hub::new(
+        "epoch-1".into(),
+        HistoryLimits {
+            max_samples,
+            max_age_ms: 3_600_000,
+        },
+    );
+    hub.set_broker_up(true);
+    hub
+}
+
+fn all() -> ReadScope {
+    Arc::new(|_: &str| true)
+}
+
+fn session(hub: &Hub, readable: ReadScope) -> (SessionId, Arc<Outbox>) {
+    let outbox = Outbox::new(10_000);
+    (hub.register(outbox.clone(), Wire::Json, readable), outbox)
+}
+
+fn drain(outbox: &Outbox) -> Vec<Value> {
+    let mut frames = Vec::new();
+    outbox.drain(&mut frames, usize::MAX);
+    frames
+        .iter()
+        .map(|f| serde_json::from_str(&f.json()).unwrap())
+        .collect()
+}
+
+fn map(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap()
+}
+
+fn subscribe(
+    hub: &Hub,
+    sid: SessionId,
+    patterns: &[&str],
+    since: Option<Option<ResumePoint>>,
+    opts: SubOptions,
+) {
+    let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+    hub.subscribe(
+        sid,
+        SubscribeRequest {
+            patterns: &patterns,
+            req: None,
+            since,
+            opts,
+            max_subscriptions: 16,
+        },
+    )
+    .unwrap();
+}
+
+fn telemetry(hub: &Hub, id: &str, n: u64) {
+    hub.on_telemetry(id, map(json!({ "n": n, "ts": 1_000 + n as i64 })));
+}
+
+#[test]
+fn snapshot_then_stream_without_gap_or_duplicate() {
+    let hub = hub(100);
+    hub.on_meta("lamp", Some(json!({"kind": "light"})));
+    hub.on_status("lamp", true);
+    telemetry(&hub, "lamp", 1);
+    telemetry(&hub, "plug", 1);
+    let (sid, outbox) = session(&hub, all());
+    subscribe(&hub, sid, &["la*"], None, SubOptions::default());
+    telemetry(&hub, "lamp", 2);
+    telemetry(&hub, "plug", 2); // not subscribed
+    let got = drain(&outbox);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let snap = &got[0];
+    assert_eq!(snap["type"], "snapshot");
+    assert_eq!(snap["devices"][0]["id"], "lamp");
+    assert_eq!(snap["devices"][0]["seq"], 1);
+    assert_eq!(snap["devices"][0]["presence"], "online");
+    assert_eq!(snap["devices"][0]["telemetry"], json!({"n": 1}));
+    assert_eq!(
+        got[1],
+        json!({"type":"telemetry","device":"lamp","seq":2,"ts":1002,"data":{"n":2}})
+    );
+}
+
+#[test]
+fn new_device_reaches_matching_subscribers() {
+    let hub = hub(100);
+    let (sid, outbox) = session(&hub, all());
+    subscribe(&hub, sid, &["*"], None, SubOptions::default());
+    drain(&outbox);
+    hub.on_meta("fresh", Some(json!({"kind": "unknown-kind"})));
+    telemetry(&hub, "fresh", 1);
+    let got = drain(&outbox);
+    assert_eq!(got[0]["type"], "device");
+    assert_eq!(got[1]["seq"], 1);
+    hub.on_meta("fresh", None);
+    assert_eq!(drain(&outbox)[0]["removed"], true);
+    assert_eq!(hub.presence("fresh"), None);
+}
+
+#[test]
+fn resume_replays_exactly_what_was_missed() {
+    let hub = hub(100);
+    for n in 1..=3 {
+        telemetry(&hub, "a", n);
+    }
+    let (sid, outbox) = session(&hub, all());
+    subscribe(&hub, sid, &["a"], None, SubOptions::default());
+    telemetry(&hub, "a", 4);
+    drain(&outbox);
+    hub.unregister(sid); // the client goes away having seen seq 4
+    for n in 5..=7 {
+        telemetry(&hub, "a", n);
+    }
+    let (sid, outbox) = session(&hub, all());
+    let point = ResumePoint {
+        epoch: "epoch-1".into(),
+        seqs: [("a".to_string(), 4)].into(),
+    };
+    subscribe(&hub, sid, &["a"], Some(Some(point)), SubOptions::default());
+    telemetry(&hub, "a", 8);
+    let got = drain(&outbox);
+    assert_eq!(got[0]["recovered"], true);
+    assert_eq!(got[0]["devices"][0]["seq"], 4);
+    assert!(got[0]["devices"][0]["telemetry"].is_null());
+    let seqs: Vec<u64> = got[1..]
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [5, 6, 7, 8]);
+}
+
+#[test]
+fn resume_beyond_the_ring_or_from_another_epoch_is_a_fresh_snapshot() {
+    let hub = hub(3);
+    for n in 1..=10 {
+        telemetry(&hub, "a", n);
+    }
+    for (epoch, seq) in [("epoch-1", 2), ("epoch-0", 9)] {
+        let (sid, outbox) = session(&hub, all());
+        let point = ResumePoint {
+            epoch: epoch.into(),
+            seqs: [("a".to_string(), seq)].into(),
+        };
+        subscribe(&hub, sid, &["a"], Some(Some(point)), SubOptions::default());
+        let got = drain(&outbox);
+        assert_eq!(got.len(), 1, "{epoch}: only the snapshot");
+        assert_eq!(got[0]["recovered"], false);
+        assert_eq!(got[0]["devices"][0]["seq"], 10);
+        assert_eq!(got[0]["devices"][0]["telemetry"], json!({"n": 10}));
+    }
+    // An unreadable token is not a resume either.
+    let (sid, outbox) = session(&hub, all());
+    subscribe(&hub, sid, &["a"], Some(None), SubOptions::default());
+    assert_eq!(drain(&outbox)[0]["recovered"], false);
+}
+
+#[test]
+fn fields_project_and_skip_messages_without_them() {
+    let hub = hub(100);
+    let (sid, outbox) = session(&hub, all());
+    let opts = SubOptions {
+        fields: Some(Arc::from(vec!["t".to_string()])),
+        min_interval: None,
+    };
+    subscribe(&hub, sid, &["s"], None, opts);
+    hub.on_telemetry("s", map(json!({"t": 1, "h": 2})));
+    hub.on_telemetry("s", map(json!({"h": 3})));
+    let got = drain(&outbox);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[1]["data"], json!({"t": 1}));
+}
+
+#[test]
+fn read_scope_hides_devices_everywhere() {
+    let hub = hub(100);
+    telemetry(&hub, "mine", 1);
+    telemetry(&hub, "theirs", 1);
+    let only_mine: ReadScope = Arc::new(|id: &str| id == "mine");
+    let (sid, outbox) = session(&hub, only_mine.clone());
+    subscribe(&hub, sid, &["*"], None, SubOptions::default());
+    telemetry(&hub, "theirs", 2);
+    hub.on_meta("theirs-too", Some(json!({})));
+    let got = drain(&outbox);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["devices"].as_array().unwrap().len(), 1);
+    let list: Value = serde_json::from_str(&hub.list(None, &only_mine, Wire::Json).json()).unwrap();
+    assert_eq!(list["devices"].as_array().unwrap().len(), 1);
+    let q = Query {
+        limit: 10,
+        ..Query::default()
+    };
+    assert!(hub
+        .history(None, "theirs", &q, &only_mine, Wire::Json)
+        .is_none());
+    // Rights shrink at run time: the stream stops.
+    hub.set_readable(sid, Arc::new(|_: &str| false));
+    telemetry(&hub, "mine", 2);
+    assert!(drain(&outbox).is_empty());
+}
+
+#[test]
+fn history_answers_from_the_ring() {
+    let hub = hub(100);
+    for n in 1..=5 {
+        hub.on_telemetry("a", map(json!({"n": n, "m": 0, "ts": 100 * n})));
+    }
+    let q = Query {
+        field: Some("n".into()),
+        from: Some(200),
+        to: Some(400),
+        limit: 2,
+    };
+    let frame = hub
+        .history(Some(&json!("h1")), "a", &q, &all(), Wire::Json)
+        .unwrap();
+    let v: Value = serde_json::from_str(&frame.json()).unwrap();
+    assert_eq!(v["req"], "h1");
+    assert_eq!(
+        v["samples"],
+        json!([{"seq":3,"ts":300,"data":{"n":3}}, {"seq":4,"ts":400,"data":{"n":4}}])
+    );
+}
+
+#[test]
+fn broker_down_marks_presence_stale_and_tells_everyone() {
+    let hub = hub(100);
+    hub.on_status("a", true);
+    let (sid, outbox) = session(&hub, all());
+    subscribe(&hub, sid, &["a"], None, SubOptions::default());
+    drain(&outbox);
+    hub.set_broker_up(false);
+    assert_eq!(drain(&outbox), [json!({"type":"broker","status":"down"})]);
+    assert_eq!(hub.presence("a"), Some(Presence::Stale));
+    hub.set_broker_up(true);
+    assert_eq!(hub.presence("a"), Some(Presence::Online));
+}
+
+#[test]
+fn too_many_subscriptions_and_bad_patterns_are_refused() {
+    let hub = hub(100);
+    let (sid, _outbox) = session(&hub, all());
+    let many: Vec<String> = (0..17).map(|i| format!("d{i}")).collect();
+    fn r(patterns: &[String]) -> SubscribeRequest<'_> {
+        SubscribeRequest {
+            patterns,
+            req: None,
+            since: None,
+            opts: SubOptions::default(),
+            max_subscriptions: 16,
+        }
+    }
+    assert_eq!(
+        hub.subscribe(sid, r(&many)),
+        Err(SubscribeError::TooMany(16))
+    );
+    let bad = vec!["iot/#".to_string()];
+    assert!(matches!(
+        hub.subscribe(sid, r(&bad)),
+        Err(SubscribeError::InvalidPattern(_))
+    ));
+}
