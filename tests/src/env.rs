@@ -1,0 +1,252 @@
+//! `TestEnv`: certificates, a Mosquitto broker, a simulated fleet and a bridge, started together
+//! and ready (broker link up, every device online at the bridge) before a test begins.
+
+use std::time::{Duration, Instant};
+
+use device_sim::{BrokerOpts, DeviceHandle, DeviceIdentity, Fleet, FleetSpec, Kind};
+use iot_bridge::Config;
+use serde_json::json;
+
+use crate::https::{self, HttpResponse};
+use crate::{Bridge, ClientCert, E2eError, Mosquitto, Pki, WsClient};
+
+/// Waits in set-up: generous for a loaded 2-core CI machine, normally well under a second.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+type ConfigTweak = Box<dyn FnOnce(&mut Config) + Send>;
+
+/// Builder for [`TestEnv`]; see [`TestEnv::new`].
+pub struct TestEnvBuilder {
+    spec: FleetSpec,
+    tweak: Option<ConfigTweak>,
+}
+
+/// A running environment. Dropping it kills everything; [`TestEnv::shutdown`] stops it cleanly
+/// and reports what did not stop.
+pub struct TestEnv {
+    // Field order is drop order: devices go first, the certificate folder last.
+    fleet: Fleet,
+    pub bridge: Bridge,
+    pub mosquitto: Mosquitto,
+    pub pki: Pki,
+    /// Client certificate of the harness itself (readiness checks).
+    ops: ClientCert,
+}
+
+impl std::fmt::Debug for TestEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestEnv")
+            .field("bridge", &self.bridge)
+            .field("mosquitto", &self.mosquitto)
+            .field("devices", &self.fleet.ids())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestEnv {
+    /// Starts describing an environment: no devices, 200 ms telemetry, every device kind,
+    /// a quarter of the devices speaking CBOR. Also sets up test logging (see [`crate::init_tracing`]).
+    #[allow(clippy::new_ret_no_self)] // `TestEnv::new().devices(3).start()` reads as the thing built.
+    pub fn new() -> TestEnvBuilder {
+        crate::init_tracing();
+        TestEnvBuilder {
+            spec: FleetSpec {
+                count: 0,
+                kinds: Kind::ALL.to_vec(),
+                telemetry_interval: Duration::from_millis(200),
+                seed: 7,
+                cbor_share: 0.25,
+                id_prefix: String::new(),
+            },
+            tweak: None,
+        }
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    pub fn device(&self, id: &str) -> Option<&DeviceHandle> {
+        self.fleet.device(id)
+    }
+
+    /// Ids of the fleet's devices of one kind, in start order.
+    pub fn ids_of(&self, kind: Kind) -> Vec<String> {
+        self.fleet
+            .devices()
+            .iter()
+            .filter(|d| d.kind() == kind)
+            .map(|d| d.id().to_owned())
+            .collect()
+    }
+
+    /// A client certificate for a person or program called `name`, from the environment's CA.
+    pub fn client_cert(&self, name: &str) -> Result<ClientCert, E2eError> {
+        self.pki.client(name)
+    }
+
+    /// Connects a WebSocket client as `name` and consumes its `welcome`.
+    pub async fn connect(&self, name: &str) -> Result<WsClient, E2eError> {
+        let cert = self.client_cert(name)?;
+        let mut client = WsClient::connect(
+            self.bridge.addr(),
+            &cert.cert_pem,
+            &cert.key_pem,
+            self.pki.ca_pem(),
+        )
+        .await?;
+        let welcome = client.recv(SETUP_TIMEOUT).await?;
+        if welcome["type"] != "welcome" || welcome["identity"] != name {
+            return Err(E2eError::Bridge(format!(
+                "expected a welcome for {name}, got {welcome}"
+            )));
+        }
+        Ok(client)
+    }
+
+    /// `GET path` on the bridge with the harness's own client certificate.
+    pub async fn get(&self, path: &str) -> Result<HttpResponse, E2eError> {
+        https::get(self.bridge.addr(), path, &self.ops, self.pki.ca_pem()).await
+    }
+
+    /// Polls `/readyz` until it answers `status`.
+    pub async fn wait_readyz(&self, status: u16, timeout: Duration) -> Result<(), E2eError> {
+        let started = Instant::now();
+        loop {
+            // A bridge that is restarting may refuse connections for a moment: keep polling.
+            if let Ok(r) = self.get("/readyz").await {
+                if r.status == status {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > timeout {
+                return Err(E2eError::timeout(format!("/readyz {status}"), timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the bridge lists every device of the fleet as online.
+    pub async fn wait_devices_online(&self, timeout: Duration) -> Result<(), E2eError> {
+        let ids = self.fleet.ids();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut client = self.connect("e2e-setup").await?;
+        for n in 0u64.. {
+            let req = format!("setup-{n}");
+            let list = client
+                .request(&json!({"type": "list", "req": req}), timeout)
+                .await?;
+            let online = |id: &String| {
+                list["devices"].as_array().is_some_and(|all| {
+                    all.iter()
+                        .any(|d| d["id"] == id.as_str() && d["presence"] == "online")
+                })
+            };
+            if ids.iter().all(online) {
+                break;
+            }
+            if started.elapsed() > timeout {
+                return Err(E2eError::timeout(
+                    format!(
+                        "all {} devices online at the bridge; last list: {list}",
+                        ids.len()
+                    ),
+                    timeout,
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client.close().await
+    }
+
+    /// Stops devices (gracefully), the bridge and the broker, in that order.
+    pub async fn shutdown(self) -> Result<(), E2eError> {
+        let TestEnv {
+            fleet,
+            mut bridge,
+            mut mosquitto,
+            pki,
+            ops: _,
+        } = self;
+        fleet.stop().await;
+        bridge.stop().await?;
+        mosquitto.stop().await?;
+        drop(pki);
+        Ok(())
+    }
+}
+
+impl TestEnvBuilder {
+    /// How many simulated devices (kinds assigned round-robin).
+    pub fn devices(mut self, count: usize) -> Self {
+        self.spec.count = count;
+        self
+    }
+
+    pub fn kinds(mut self, kinds: &[Kind]) -> Self {
+        self.spec.kinds = kinds.to_vec();
+        self
+    }
+
+    pub fn telemetry_interval(mut self, interval: Duration) -> Self {
+        self.spec.telemetry_interval = interval;
+        self
+    }
+
+    /// Share of devices (0..=1) publishing CBOR instead of JSON.
+    pub fn cbor_share(mut self, share: f64) -> Self {
+        self.spec.cbor_share = share;
+        self
+    }
+
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.spec.seed = seed;
+        self
+    }
+
+    /// Changes the bridge's config after the harness's defaults (see [`Bridge::start`]).
+    pub fn bridge_config(mut self, tweak: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        self.tweak = Some(Box::new(tweak));
+        self
+    }
+
+    /// Starts broker, bridge and fleet, and waits until the bridge's broker link is up and
+    /// every device is online at the bridge.
+    pub async fn start(self) -> Result<TestEnv, E2eError> {
+        let pki = Pki::new()?;
+        let mosquitto = Mosquitto::start(&pki).await?;
+        let tweak = self.tweak;
+        let bridge = Bridge::start(&pki, mosquitto.port(), |c| {
+            if let Some(tweak) = tweak {
+                tweak(c);
+            }
+        })
+        .await?;
+        let fleet = Fleet::start(broker_opts(&pki, &mosquitto), &self.spec).await?;
+        let ops = pki.client("e2e-harness")?;
+        let env = TestEnv {
+            fleet,
+            bridge,
+            mosquitto,
+            pki,
+            ops,
+        };
+        env.fleet.wait_connected(SETUP_TIMEOUT).await?;
+        env.wait_readyz(200, SETUP_TIMEOUT).await?;
+        env.wait_devices_online(SETUP_TIMEOUT).await?;
+        Ok(env)
+    }
+}
+
+/// How simulated devices reach the environment's broker: a certificate minted per device
+/// (CN = device id, which the shipped ACL turns into its own topics).
+pub fn broker_opts(pki: &Pki, mosquitto: &Mosquitto) -> BrokerOpts {
+    let identity = DeviceIdentity::MintFromCa {
+        ca_cert_pem: pki.ca_pem().to_owned(),
+        ca_key_pem: pki.ca_key_pem().to_owned(),
+    };
+    BrokerOpts::new("localhost", mosquitto.port(), pki.ca_pem(), identity)
+}
