@@ -14,6 +14,7 @@
 //!
 //! [`run`] wires them together; the binary only parses flags, loads [`config`] and binds.
 
+pub mod acl;
 pub mod commands;
 pub mod config;
 pub mod history;
@@ -25,6 +26,7 @@ pub mod protocol;
 pub mod resume;
 pub mod server;
 pub mod session;
+pub mod signals;
 pub mod tls;
 pub mod topic;
 

@@ -108,24 +108,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
 async fn signals(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    iot_bridge::signals::terminated().await;
     tracing::info!("signal received, shutting down");
     shutdown.cancel();
 }

@@ -1,0 +1,150 @@
+//! The demo stack: dev certificates (made once), the embedded broker, the bridge and a
+//! simulated fleet, wired together exactly as a deployment would be.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use device_sim::{BrokerOpts, DeviceIdentity, Fleet, FleetSpec};
+use iot_certs::{DevCertOptions, DevCertPaths};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::EmbeddedBroker;
+
+/// The user certificate the demo makes for the person trying it.
+pub const DEMO_USER: &str = "demo";
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Where dev certificates live; reused when present.
+    pub certs_dir: PathBuf,
+    /// The bridge's HTTPS/WSS address.
+    pub listen: SocketAddr,
+    /// The embedded broker's MQTT/TLS address.
+    pub mqtt: SocketAddr,
+    pub devices: usize,
+    pub telemetry_interval: Duration,
+    pub seed: u64,
+    /// Extra names for the server certificate (e.g. the machine's LAN name for a phone).
+    pub extra_sans: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("certificates: {0}")]
+    Certs(#[from] iot_certs::CertError),
+    #[error("embedded broker: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("bridge config: {0}")]
+    Config(#[from] iot_bridge::config::ConfigError),
+    #[error("simulated fleet: {0}")]
+    Fleet(#[from] device_sim::SimError),
+}
+
+/// A running demo. Dropping it does not stop it; cancel the token given to [`start`].
+pub struct Demo {
+    pub bridge_addr: SocketAddr,
+    pub broker_addr: SocketAddr,
+    pub certs: DevCertPaths,
+    pub fleet: Fleet,
+    bridge: JoinHandle<Result<(), iot_bridge::BridgeError>>,
+    _broker: EmbeddedBroker,
+}
+
+/// Starts everything; returns once the fleet is connected and the bridge is listening.
+pub async fn start(opts: &DemoOptions, shutdown: CancellationToken) -> Result<Demo, DemoError> {
+    let certs = iot_certs::ensure_dev_certs(&DevCertOptions {
+        out_dir: opts.certs_dir.clone(),
+        extra_sans: opts.extra_sans.clone(),
+        users: vec![DEMO_USER.to_owned()],
+        devices: Vec::new(),
+        p12_password: iot_certs::DEFAULT_P12_PASSWORD.to_owned(),
+        force: false,
+    })?;
+    let broker = EmbeddedBroker::start(
+        opts.mqtt,
+        &certs.ca_cert,
+        &certs.broker_cert,
+        &certs.broker_key,
+    )
+    .await?;
+    let broker_addr = broker.local_addr();
+
+    let mut config = iot_bridge::Config::for_dev_certs(&certs.dir, "localhost", broker_addr.port());
+    config.listen = opts.listen;
+    config.instance_id = Some("demo".into());
+    config.validate()?;
+    let https = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| DemoError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+    let bridge_addr = https.local_addr().map_err(|source| DemoError::Bind {
+        addr: opts.listen,
+        source,
+    })?;
+    let bridge = tokio::spawn(iot_bridge::run(
+        iot_bridge::Listeners { https },
+        config,
+        shutdown,
+    ));
+
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|source| DemoError::Read {
+            path: path.clone(),
+            source,
+        })
+    };
+    let broker_opts = BrokerOpts::new(
+        "localhost",
+        broker_addr.port(),
+        read(&certs.ca_cert)?,
+        DeviceIdentity::MintFromCa {
+            ca_cert_pem: read(&certs.ca_cert)?,
+            ca_key_pem: read(&certs.ca_key)?,
+        },
+    );
+    let spec = FleetSpec {
+        count: opts.devices,
+        telemetry_interval: opts.telemetry_interval,
+        seed: opts.seed,
+        ..FleetSpec::default()
+    };
+    let fleet = Fleet::start(broker_opts, &spec).await?;
+    fleet.wait_connected(Duration::from_secs(20)).await?;
+    Ok(Demo {
+        bridge_addr,
+        broker_addr,
+        certs,
+        fleet,
+        bridge,
+        _broker: broker,
+    })
+}
+
+impl Demo {
+    /// Waits for the bridge to stop (after the shutdown token), then stops the fleet.
+    pub async fn wait(self) -> Result<(), iot_bridge::BridgeError> {
+        let result = match self.bridge.await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "bridge task failed");
+                Ok(())
+            }
+        };
+        self.fleet.stop().await;
+        result
+    }
+}
