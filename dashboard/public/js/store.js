@@ -1,0 +1,206 @@
+// What the page knows about every device, built only from what the bridge said. Pure, no DOM.
+//
+// The store applies protocol messages, keeps a short series per numeric telemetry field for the
+// sparklines, remembers the latest command per control, and decides how a device should be
+// shown (online, offline, stale, unknown) from its presence, the age of its data and the health
+// of the two links in between (page <-> bridge, bridge <-> broker).
+
+import { isNumericType } from './format.js';
+
+export const SERIES_LENGTH = 60;
+/** Data older than this is never called fresh, whatever the device's usual pace. */
+export const MIN_STALE_MS = 15000;
+/** A device that misses this many of its usual intervals is stale. */
+export const STALE_INTERVALS = 4;
+const INTERVAL_SAMPLES = 8;
+
+export class DeviceStore {
+  constructor({ seriesLength = SERIES_LENGTH, now = () => Date.now() } = {}) {
+    this.seriesLength = seriesLength;
+    this.now = now;
+    this.devices = new Map();
+    /** 'connecting' | 'open' | 'down' | 'stopped': the page's own link to the bridge. */
+    this.connection = 'connecting';
+    /** 'up' | 'down' | 'unknown': the bridge's link to the broker. */
+    this.broker = 'unknown';
+    this.listeners = new Set();
+  }
+
+  /** `fn(ids)` after each change; `ids` is a Set of changed devices, or null when all may have changed. */
+  onChange(fn) {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  changed(ids) {
+    for (const fn of this.listeners) fn(ids);
+  }
+
+  record(id) {
+    let d = this.devices.get(id);
+    if (!d) {
+      d = {
+        id, meta: null, presence: 'unknown', state: {}, telemetry: {}, telemetryTs: null,
+        receivedAt: null, intervals: [], series: new Map(), commands: new Map(),
+      };
+      this.devices.set(id, d);
+    }
+    return d;
+  }
+
+  /**
+   * A snapshot describes every subscribed device. Unless it says the stream was recovered, it
+   * replaces what we had: a device the bridge no longer reports is gone. Sparkline series
+   * survive for devices that are still there, so a reconnect does not blank the charts.
+   */
+  applySnapshot({ devices, recovered }) {
+    const seen = new Set();
+    for (const view of devices) {
+      if (typeof view?.id !== 'string') continue;
+      seen.add(view.id);
+      const d = this.record(view.id);
+      d.meta = view.meta ?? d.meta;
+      d.presence = view.presence ?? 'unknown';
+      d.state = { ...(view.state ?? {}) };
+      if (view.telemetry) {
+        const fresh = view.ts !== d.telemetryTs;
+        d.telemetry = { ...view.telemetry };
+        if (fresh) this.pushSeries(d, view.telemetry);
+        d.telemetryTs = view.ts ?? d.telemetryTs;
+        // The bridge's timestamp, not ours: a reconnect must not make old data look new.
+        d.receivedAt = typeof view.ts === 'number' ? Math.min(view.ts, this.now()) : d.receivedAt;
+      }
+    }
+    if (recovered !== true) {
+      for (const id of [...this.devices.keys()]) if (!seen.has(id)) this.devices.delete(id);
+    }
+    this.changed(null);
+  }
+
+  applyTelemetry({ device, ts, data }) {
+    if (!data || typeof data !== 'object') return;
+    const d = this.record(device);
+    const now = this.now();
+    if (d.receivedAt !== null && now > d.receivedAt) {
+      d.intervals.push(now - d.receivedAt);
+      if (d.intervals.length > INTERVAL_SAMPLES) d.intervals.shift();
+    }
+    Object.assign(d.telemetry, data);
+    d.telemetryTs = ts ?? now;
+    d.receivedAt = now;
+    // Telemetry proves the device is talking, unless the bridge says its broker link is down.
+    if (d.presence === 'unknown') d.presence = 'online';
+    this.pushSeries(d, data);
+    this.changed(new Set([device]));
+  }
+
+  pushSeries(d, data) {
+    for (const [field, value] of Object.entries(data)) {
+      if (typeof value !== 'number' || !Number.isFinite(value)) continue;
+      const type = d.meta?.telemetry?.[field]?.type;
+      if (type && !isNumericType(type)) continue;
+      let s = d.series.get(field);
+      if (!s) d.series.set(field, (s = []));
+      s.push(value);
+      if (s.length > this.seriesLength) s.splice(0, s.length - this.seriesLength);
+    }
+  }
+
+  /** History from the bridge goes before the live values already collected. */
+  fillSeries(device, field, values) {
+    const d = this.devices.get(device);
+    if (!d) return;
+    const live = d.series.get(field) ?? [];
+    const older = values.filter((v) => typeof v === 'number' && Number.isFinite(v));
+    d.series.set(field, [...older, ...live].slice(-this.seriesLength));
+    this.changed(new Set([device]));
+  }
+
+  applyState({ device, state }) {
+    if (!state || typeof state !== 'object') return;
+    const d = this.record(device);
+    d.state = { ...d.state, ...state };
+    this.changed(new Set([device]));
+  }
+
+  applyPresence({ device, presence }) {
+    const d = this.record(device);
+    d.presence = presence;
+    this.changed(new Set([device]));
+  }
+
+  applyDevice({ device, meta, removed }) {
+    if (removed) {
+      if (this.devices.delete(device)) this.changed(null);
+      return;
+    }
+    const d = this.record(device);
+    d.meta = meta ?? null;
+    this.changed(null);
+  }
+
+  /** Command progress from the client; every param it sets shows the command's status. */
+  applyCommand(evt) {
+    const d = this.record(evt.device);
+    const at = this.now();
+    for (const [name, target] of Object.entries(evt.params ?? {})) {
+      const current = d.commands.get(name);
+      // A newer command on the same control wins; late news of an older one is ignored.
+      if (evt.status === 'pending' && (!current || current.req !== evt.req)) {
+        d.commands.set(name, { req: evt.req, status: 'pending', stage: evt.stage, final: false, target, at });
+      } else if (current?.req === evt.req) {
+        d.commands.set(name, { ...current, status: evt.status, stage: evt.stage, final: evt.final, error: evt.error, at });
+      }
+    }
+    this.changed(new Set([evt.device]));
+  }
+
+  setBroker(status) {
+    if (this.broker === status) return;
+    this.broker = status;
+    this.changed(null);
+  }
+
+  setConnection(state) {
+    if (this.connection === state) return;
+    this.connection = state;
+    this.changed(null);
+  }
+
+  /** How long without data before this device counts as stale, from its own recent pace. */
+  staleAfter(d) {
+    if (d.intervals.length < 2) return MIN_STALE_MS;
+    const sorted = [...d.intervals].sort((a, b) => a - b);
+    const median = sorted[Math.floor(sorted.length / 2)];
+    return Math.max(MIN_STALE_MS, median * STALE_INTERVALS);
+  }
+
+  /**
+   * How to show a device: `{status, reason}` with status online | offline | stale | unknown.
+   * Stale means "this is the last known value and we cannot vouch for it now".
+   */
+  condition(d, now = this.now()) {
+    if (this.connection !== 'open') {
+      return { status: 'stale', reason: 'No connection to the bridge; showing the last known values.' };
+    }
+    if (d.presence === 'stale' || this.broker === 'down') {
+      return { status: 'stale', reason: 'The bridge has lost its broker link; showing the last known values.' };
+    }
+    if (d.presence === 'offline') return { status: 'offline', reason: 'The device reported itself offline.' };
+    const hasTelemetry = d.meta?.telemetry ? Object.keys(d.meta.telemetry).length > 0 : d.receivedAt !== null;
+    if (d.presence === 'online' && hasTelemetry && d.receivedAt !== null && now - d.receivedAt > this.staleAfter(d)) {
+      return { status: 'stale', reason: 'The device is online but has sent no data for a while.' };
+    }
+    if (d.presence === 'online') return { status: 'online', reason: '' };
+    return { status: 'unknown', reason: 'The bridge has not heard this device’s status yet.' };
+  }
+
+  /** Devices sorted by name, then id. */
+  list() {
+    return [...this.devices.values()].sort((a, b) => sortKey(a).localeCompare(sortKey(b)) || a.id.localeCompare(b.id));
+  }
+}
+
+function sortKey(d) {
+  return String(d.meta?.name ?? d.id).toLowerCase();
+}

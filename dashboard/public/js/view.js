@@ -1,0 +1,218 @@
+// The page: header status, banners, the find toolbar and the grouped grid of device cards.
+// Renders from the store once per animation frame at most; cards are kept and updated in place.
+
+import { DeviceCard, metaSignature, CONDITION_LABELS } from './card.js';
+import { GROUPINGS, groupDevices, matches } from './finder.js';
+import { SERIES_LENGTH } from './store.js';
+
+const GROUP_KEY = 'iot-dashboard.group';
+
+export class DashboardView {
+  /**
+   * @param {Window} win
+   * @param {import('./store.js').DeviceStore} store
+   * @param {{send: (device: string, params: object) => void, retry: () => void}} actions
+   */
+  constructor(win, store, actions) {
+    this.win = win;
+    this.doc = win.document;
+    this.store = store;
+    this.actions = actions;
+    this.cards = new Map();
+    this.layoutKey = '';
+    this.frame = null;
+    this.retryAt = null;
+    this.ready = false;
+    this.baseTitle = this.doc.title;
+
+    const $ = (id) => this.doc.getElementById(id);
+    this.ui = {
+      pill: $('conn-pill'), pillText: $('conn-text'),
+      connBanner: $('banner-connection'), connCountdown: $('conn-countdown'), retry: $('retry-now'),
+      brokerBanner: $('banner-broker'),
+      filter: $('filter'), summary: $('summary'), groups: $('groups'), empty: $('empty'),
+      identity: $('identity'), server: $('server'), notice: $('notice'),
+    };
+    this.query = this.ui.filter.value;
+    this.grouping = this.loadGrouping();
+    for (const radio of this.doc.querySelectorAll('input[name="group"]')) {
+      radio.checked = radio.value === this.grouping;
+      radio.addEventListener('change', () => {
+        if (!radio.checked) return;
+        this.grouping = radio.value;
+        this.saveGrouping();
+        this.schedule(null);
+      });
+    }
+    this.ui.filter.addEventListener('input', () => {
+      this.query = this.ui.filter.value;
+      this.schedule(null);
+    });
+    this.ui.retry.addEventListener('click', () => this.actions.retry());
+    // Only changed devices are re-rendered; null means "all of them".
+    this.dirty = null;
+    store.onChange((ids) => this.schedule(ids));
+    // Ages, staleness and the reconnect countdown move with time, not only with messages.
+    win.setInterval(() => this.schedule(null), 1000);
+  }
+
+  loadGrouping() {
+    try {
+      const saved = this.win.localStorage.getItem(GROUP_KEY);
+      return GROUPINGS.includes(saved) ? saved : 'none';
+    } catch {
+      return 'none';
+    }
+  }
+
+  saveGrouping() {
+    try {
+      this.win.localStorage.setItem(GROUP_KEY, this.grouping);
+    } catch {
+      // Storage may be disabled; grouping then lasts for this visit only.
+    }
+  }
+
+  schedule(ids = null) {
+    if (ids === null) this.dirty = null;
+    else if (this.dirty !== null) for (const id of ids) this.dirty.add(id);
+    if (this.frame !== null) return;
+    const run = () => {
+      this.frame = null;
+      const dirty = this.dirty;
+      this.dirty = new Set();
+      this.render(dirty);
+    };
+    // A hidden tab gets no animation frames; a timer keeps it current for when it is shown.
+    this.frame = this.doc.hidden ? this.win.setTimeout(run, 250) : this.win.requestAnimationFrame(run);
+  }
+
+  welcome(msg) {
+    this.ui.identity.textContent = msg.identity ?? '';
+    this.ui.server.textContent = msg.server ?? '';
+  }
+
+  connection(evt) {
+    this.retryAt = evt.state === 'down' ? evt.retryAt : null;
+    this.schedule(null);
+  }
+
+  notify(text) {
+    this.ui.notice.textContent = text;
+    this.ui.notice.hidden = !text;
+    this.win.clearTimeout(this.noticeTimer);
+    if (text) this.noticeTimer = this.win.setTimeout(() => this.notify(''), 8000);
+  }
+
+  render(dirty = null) {
+    const now = Date.now();
+    this.renderStatus(now);
+    const devices = this.store.list();
+    const conditions = new Map(devices.map((d) => [d.id, this.store.condition(d, now)]));
+
+    const shown = devices.filter((d) => matches(d, this.query, CONDITION_LABELS[conditions.get(d.id).status]));
+    const groups = groupDevices(shown, this.grouping);
+    for (const d of devices) {
+      let card = this.cards.get(d.id);
+      if (card && card.signature !== metaSignature(d.meta)) {
+        card.el.remove();
+        card = null;
+        this.layoutKey = '';
+      }
+      if (!card) {
+        card = new DeviceCard(this.doc, d, { send: this.actions.send, seriesLength: SERIES_LENGTH });
+        this.cards.set(d.id, card);
+      } else if (dirty !== null && !dirty.has(d.id)) {
+        continue;
+      }
+      card.update(d, conditions.get(d.id), now);
+    }
+    for (const [id, card] of this.cards) {
+      if (!this.store.devices.has(id)) {
+        card.el.remove();
+        this.cards.delete(id);
+        this.layoutKey = '';
+      }
+    }
+    this.layout(groups);
+    this.renderSummary(devices, shown, conditions);
+  }
+
+  /** Re-arranges cards only when the grouping or the set of shown devices changed. */
+  layout(groups) {
+    const key = `${this.grouping}|${groups.map((g) => `${g.key}:${g.devices.map((d) => d.id).join(',')}`).join('|')}`;
+    if (key === this.layoutKey) return;
+    this.layoutKey = key;
+    const doc = this.doc;
+    const sections = groups.map((g) => {
+      const section = doc.createElement('section');
+      section.className = 'group';
+      const grid = doc.createElement('div');
+      grid.className = 'grid';
+      if (this.grouping !== 'none') {
+        const h = doc.createElement('h2');
+        h.className = 'group-title';
+        h.id = `group-${g.key.replace(/[^A-Za-z0-9_-]/g, '_')}`;
+        h.textContent = g.label;
+        const count = doc.createElement('span');
+        count.className = 'group-count';
+        count.textContent = String(g.devices.length);
+        h.append(count);
+        section.setAttribute('aria-labelledby', h.id);
+        section.append(h);
+      } else {
+        section.setAttribute('aria-label', 'Devices');
+      }
+      for (const d of g.devices) grid.append(this.cards.get(d.id).el);
+      section.append(grid);
+      return section;
+    });
+    this.ui.groups.replaceChildren(...sections.filter((s) => s.querySelector('.card')));
+  }
+
+  renderSummary(devices, shown, conditions) {
+    const counts = { online: 0, offline: 0, stale: 0, unknown: 0 };
+    for (const c of conditions.values()) counts[c.status] = (counts[c.status] ?? 0) + 1;
+    const parts = [`${devices.length} ${devices.length === 1 ? 'device' : 'devices'}`];
+    for (const k of ['online', 'offline', 'stale', 'unknown']) if (counts[k]) parts.push(`${counts[k]} ${k}`);
+    if (shown.length !== devices.length) parts.push(`${shown.length} shown`);
+    const text = parts.join(' · ');
+    if (this.ui.summary.textContent !== text) this.ui.summary.textContent = text;
+
+    const waiting = !this.ready && this.store.connection !== 'open';
+    let empty = '';
+    if (waiting) empty = 'Connecting to the bridge…';
+    else if (devices.length === 0) empty = 'No devices yet. A device appears here as soon as it publishes its meta to the broker.';
+    else if (shown.length === 0) empty = `No device matches “${this.query.trim()}”.`;
+    if (this.ui.empty.textContent !== empty) this.ui.empty.textContent = empty;
+    this.ui.empty.hidden = !empty;
+    this.ui.groups.setAttribute('aria-busy', String(waiting));
+  }
+
+  renderStatus(now) {
+    const conn = this.store.connection;
+    if (conn === 'open') this.ready = true;
+    const broker = this.store.broker;
+    let state;
+    let text;
+    if (conn === 'open' && broker === 'down') [state, text] = ['bad', 'Broker link down'];
+    else if (conn === 'open') [state, text] = ['ok', 'Live'];
+    else if (conn === 'down') [state, text] = ['warn', this.ready ? 'Reconnecting…' : 'No connection'];
+    else [state, text] = ['idle', this.ready ? 'Reconnecting…' : 'Connecting…'];
+    this.ui.pill.dataset.state = state;
+    if (this.ui.pillText.textContent !== text) this.ui.pillText.textContent = text;
+
+    const connDown = conn === 'down' || (conn === 'connecting' && this.ready);
+    this.ui.connBanner.hidden = !connDown;
+    let countdown = 'Connecting…';
+    if (conn === 'down' && this.retryAt !== null) {
+      const s = Math.max(0, Math.ceil((this.retryAt - now) / 1000));
+      countdown = s > 0 ? `Retrying in ${s} s.` : 'Retrying…';
+    }
+    if (this.ui.connCountdown.textContent !== countdown) this.ui.connCountdown.textContent = countdown;
+    this.ui.brokerBanner.hidden = !(conn === 'open' && broker === 'down');
+
+    const title = state === 'ok' ? this.baseTitle : `(${text}) ${this.baseTitle}`;
+    if (this.doc.title !== title) this.doc.title = title;
+  }
+}

@@ -1,0 +1,133 @@
+// Unit tests of the device store: applying protocol messages, series, conditions, commands.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { DeviceStore, MIN_STALE_MS } from '../public/js/store.js';
+
+const META = {
+  kind: 'light', name: 'Desk', room: 'Office',
+  telemetry: { power: { type: 'float', unit: 'W' }, mode: { type: 'enum', choices: ['a', 'b'] } },
+  controls: { on: { type: 'bool' } },
+};
+
+function setup() {
+  let now = 1_000_000;
+  const store = new DeviceStore({ seriesLength: 5, now: () => now });
+  store.setConnection('open');
+  store.setBroker('up');
+  const changes = [];
+  store.onChange((ids) => changes.push(ids === null ? null : [...ids]));
+  return { store, changes, tick: (ms) => { now += ms; }, at: () => now };
+}
+
+test('a snapshot creates devices; a fresh one replaces, a recovered one merges', () => {
+  const { store } = setup();
+  store.applySnapshot({
+    devices: [
+      { id: 'a', meta: META, presence: 'online', state: { on: true }, telemetry: { power: 3 }, seq: 1, ts: 999_000 },
+      { id: 'b', meta: null, presence: 'unknown', state: null, telemetry: null, seq: 0, ts: null },
+    ],
+    recovered: null,
+  });
+  assert.deepEqual(store.list().map((d) => d.id), ['b', 'a'], 'sorted by name, id when there is no name');
+  const a = store.devices.get('a');
+  assert.deepEqual(a.state, { on: true });
+  assert.deepEqual(a.series.get('power'), [3]);
+  assert.equal(a.receivedAt, 999_000, 'age comes from the bridge timestamp, not from the reconnect');
+
+  store.applySnapshot({ devices: [{ id: 'c', presence: 'online' }], recovered: true });
+  assert.deepEqual([...store.devices.keys()].sort(), ['a', 'b', 'c']);
+
+  store.applySnapshot({ devices: [{ id: 'a', meta: META, presence: 'offline', state: { on: false }, telemetry: { power: 3 }, seq: 0, ts: 999_000 }], recovered: false });
+  assert.deepEqual([...store.devices.keys()], ['a'], 'devices the bridge no longer reports are gone');
+  assert.deepEqual(store.devices.get('a').series.get('power'), [3], 'same reading is not charted twice');
+  assert.equal(store.devices.get('a').presence, 'offline');
+});
+
+test('telemetry updates values and keeps a bounded series of numeric fields only', () => {
+  const { store, changes } = setup();
+  store.applyDevice({ device: 'a', meta: META });
+  for (let i = 1; i <= 7; i++) store.applyTelemetry({ device: 'a', seq: i, ts: i, data: { power: i, mode: 'a', extra: i * 10 } });
+  const a = store.devices.get('a');
+  assert.deepEqual(a.series.get('power'), [3, 4, 5, 6, 7]);
+  assert.deepEqual(a.series.get('extra'), [30, 40, 50, 60, 70], 'numbers without meta are charted too');
+  assert.equal(a.series.has('mode'), false);
+  assert.deepEqual(a.telemetry, { power: 7, mode: 'a', extra: 70 });
+  assert.deepEqual(changes.at(-1), ['a']);
+});
+
+test('history fills in before live values, within the series length', () => {
+  const { store } = setup();
+  store.applyDevice({ device: 'a', meta: META });
+  store.applyTelemetry({ device: 'a', seq: 1, ts: 1, data: { power: 9 } });
+  store.fillSeries('a', 'power', [1, 2, null, 3, 4, 5]);
+  assert.deepEqual(store.devices.get('a').series.get('power'), [2, 3, 4, 5, 9]);
+});
+
+test('state, presence and device messages; removal drops the device', () => {
+  const { store } = setup();
+  store.applyDevice({ device: 'a', meta: META });
+  store.applyState({ device: 'a', state: { on: true } });
+  store.applyState({ device: 'a', state: { level: 2 } });
+  assert.deepEqual(store.devices.get('a').state, { on: true, level: 2 });
+  store.applyPresence({ device: 'a', presence: 'offline' });
+  assert.equal(store.condition(store.devices.get('a')).status, 'offline');
+  store.applyDevice({ device: 'a', meta: null, removed: true });
+  assert.equal(store.devices.size, 0);
+});
+
+test('condition: the page link, then the broker link, then presence, then data age', () => {
+  const { store, tick } = setup();
+  store.applyDevice({ device: 'a', meta: META });
+  const a = store.devices.get('a');
+  assert.equal(store.condition(a).status, 'unknown');
+  store.applyPresence({ device: 'a', presence: 'online' });
+  // A steady 200 ms pace: stale after the floor, not after 4 x 200 ms.
+  for (let i = 0; i < 5; i++) {
+    tick(200);
+    store.applyTelemetry({ device: 'a', seq: i + 1, ts: i, data: { power: 1 } });
+  }
+  assert.equal(store.condition(a).status, 'online');
+  tick(MIN_STALE_MS - 1);
+  assert.equal(store.condition(a).status, 'online');
+  tick(2);
+  assert.equal(store.condition(a).status, 'stale');
+  assert.match(store.condition(a).reason, /no data/);
+
+  store.applyTelemetry({ device: 'a', seq: 9, ts: 9, data: { power: 1 } });
+  store.setBroker('down');
+  assert.equal(store.condition(a).status, 'stale');
+  assert.match(store.condition(a).reason, /broker/);
+  store.setBroker('up');
+  store.setConnection('down');
+  assert.match(store.condition(a).reason, /No connection to the bridge/);
+});
+
+test('a slow device is judged by its own pace', () => {
+  const { store, tick } = setup();
+  store.applyDevice({ device: 'a', meta: META });
+  store.applyPresence({ device: 'a', presence: 'online' });
+  for (let i = 0; i < 4; i++) {
+    tick(10_000);
+    store.applyTelemetry({ device: 'a', seq: i + 1, ts: i, data: { power: 1 } });
+  }
+  tick(39_000);
+  assert.equal(store.condition(store.devices.get('a')).status, 'online');
+  tick(2_000);
+  assert.equal(store.condition(store.devices.get('a')).status, 'stale');
+});
+
+test('command progress is kept per control; a newer command wins', () => {
+  const { store } = setup();
+  store.applyDevice({ device: 'a', meta: META });
+  const a = store.devices.get('a');
+  store.applyCommand({ req: 'c1', device: 'a', params: { on: true }, status: 'pending', final: false });
+  assert.equal(a.commands.get('on').status, 'pending');
+  assert.equal(a.commands.get('on').target, true);
+  store.applyCommand({ req: 'c2', device: 'a', params: { on: false }, status: 'pending', final: false });
+  store.applyCommand({ req: 'c1', device: 'a', params: { on: true }, status: 'ok', final: true });
+  assert.equal(a.commands.get('on').req, 'c2', 'the late answer to c1 does not overwrite c2');
+  assert.equal(a.commands.get('on').status, 'pending');
+  store.applyCommand({ req: 'c2', device: 'a', params: { on: false }, status: 'rejected', final: true, error: 'no' });
+  assert.deepEqual([a.commands.get('on').status, a.commands.get('on').error], ['rejected', 'no']);
+});
