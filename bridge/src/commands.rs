@@ -153,6 +153,28 @@ impl Commands {
         Ok(())
     }
 
+    /// Refuses a command the requester may not send: a final `forbidden`, audited like any other.
+    pub fn forbid(&self, r: CommandRequest) {
+        let id = format!(
+            "{}-{}",
+            self.instance,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        let pending = Pending {
+            req: r.req,
+            device: r.device,
+            action: r.action,
+            params: r.params,
+            identity: r.identity,
+            outbox: r.outbox,
+            wire: r.wire,
+            started: Instant::now(),
+        };
+        let reason = "this identity may not control this device";
+        push_status(&pending, &id, CommandStatus::Forbidden, None, Some(reason));
+        audit(&pending, &id, CommandStatus::Forbidden, Some(reason));
+    }
+
     /// A device answered. Acks for other bridge instances or from another device are ignored.
     pub fn on_ack(&self, device: &str, ack: Ack) {
         {

@@ -21,6 +21,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub security: SecurityConfig,
+    #[serde(default)]
     pub history: HistoryConfig,
     #[serde(default)]
     pub commands: CommandConfig,
@@ -35,6 +37,36 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+    /// Certificate revocation list(s) for client certificates, PEM.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+    /// Where a client's identity comes from: its subject CN, or its first SAN.
+    #[serde(default)]
+    pub identity: IdentitySource,
+}
+
+/// Which part of a client certificate names the client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// Subject common name (falls back to the first SAN when there is no CN).
+    #[default]
+    Cn,
+    /// First DNS, email or URI subject alternative name.
+    San,
+}
+
+/// Who may do what, and which web pages may open a socket.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// ACL file (TOML rules); without one, every client certificate grants full access.
+    pub acl: Option<PathBuf>,
+    /// Origins allowed to open `/ws` from a browser, e.g. "https://iot.example.com".
+    /// Empty: only the bridge's own origin. Clients that send no Origin are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// How often to look for changed ACL, certificate and CRL files (0: only on SIGHUP).
+    pub reload_poll_secs: u64,
 }
 
 /// How to reach the MQTT broker, with the bridge's own client certificate.
@@ -79,6 +111,10 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     /// Frames a session may have queued before telemetry is conflated.
     pub session_queue: usize,
+    /// Commands per second one identity may send (across its connections), on average...
+    pub command_rate: f64,
+    /// ...and in a burst.
+    pub command_burst: u32,
 }
 
 /// Telemetry kept per device, for resuming clients and `history` requests.
@@ -150,6 +186,8 @@ impl Default for Limits {
             ping_interval_secs: 20,
             idle_timeout_secs: 60,
             session_queue: 1024,
+            command_rate: 10.0,
+            command_burst: 20,
         }
     }
 }
@@ -221,6 +259,8 @@ impl Config {
                 cert: dir.join("server.pem"),
                 key: dir.join("server.key"),
                 client_ca: dir.join("ca.pem"),
+                crl: None,
+                identity: IdentitySource::Cn,
             },
             broker: BrokerConfig {
                 host: broker_host.to_owned(),
@@ -235,6 +275,7 @@ impl Config {
                 reconnect_max_ms: defaults::reconnect_max_ms(),
             },
             limits: Limits::default(),
+            security: SecurityConfig::default(),
             history: HistoryConfig::default(),
             commands: CommandConfig::default(),
             shutdown: ShutdownConfig::default(),
@@ -242,6 +283,14 @@ impl Config {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
+        for p in [&mut self.tls.crl, &mut self.security.acl]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         for p in [
             &mut self.tls.cert,
             &mut self.tls.key,
@@ -314,6 +363,30 @@ impl Config {
                 "limits.ping_interval_secs must be > 0 and less than limits.idle_timeout_secs"
                     .into(),
             );
+        }
+        if !(l.command_rate.is_finite() && l.command_rate > 0.0) || l.command_burst == 0 {
+            return bad(
+                "limits.command_rate must be > 0 and limits.command_burst at least 1".into(),
+            );
+        }
+        for origin in &self.security.allowed_origins {
+            if !(origin.starts_with("https://") || origin.starts_with("http://"))
+                || origin.ends_with('/')
+            {
+                return bad(format!(
+                    "security.allowed_origins: {origin:?} must look like https://host[:port]"
+                ));
+            }
+        }
+        for (name, path) in [
+            ("tls.crl", &self.tls.crl),
+            ("security.acl", &self.security.acl),
+        ] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    return bad(format!("{name}: no such file {}", path.display()));
+                }
+            }
         }
         if self.history.max_samples > 1_000_000 {
             return bad("history.max_samples must be at most 1000000".into());

@@ -23,6 +23,8 @@ pub mod mqtt_link;
 pub mod outbox;
 pub mod payload;
 pub mod protocol;
+pub mod ratelimit;
+pub mod reload;
 pub mod resume;
 pub mod server;
 pub mod session;
@@ -30,10 +32,12 @@ pub mod signals;
 pub mod tls;
 pub mod topic;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -52,6 +56,17 @@ pub enum BridgeError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Link(#[from] mqtt_link::LinkError),
+    #[error(transparent)]
+    Acl(#[from] acl::AclError),
+}
+
+/// How the caller steers a running bridge.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    /// Cancel to stop (graceful, within the configured grace period).
+    pub shutdown: CancellationToken,
+    /// Notify to reload the ACL and TLS files (the binary does on SIGHUP).
+    pub reload: Arc<Notify>,
 }
 
 /// What every connection and session shares.
@@ -66,6 +81,34 @@ pub struct Shared {
     /// Cancelled once in-flight commands had their chance: sessions flush and close.
     pub close_sessions: CancellationToken,
     pub tracker: TaskTracker,
+    pub rate: ratelimit::RateLimiter,
+    acl: RwLock<Arc<acl::Acl>>,
+    /// Bumped on every ACL reload; sessions watch it to recompute their grants.
+    pub acl_version: watch::Sender<u64>,
+    acceptor: RwLock<TlsAcceptor>,
+}
+
+impl Shared {
+    pub fn acl(&self) -> Arc<acl::Acl> {
+        self.acl.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_acl(&self, acl: acl::Acl) {
+        *self.acl.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(acl);
+        self.acl_version.send_modify(|v| *v += 1);
+    }
+
+    /// The acceptor for new connections; connections already up keep theirs.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_tls(&self, config: Arc<rustls::ServerConfig>) {
+        *self.acceptor.write().unwrap_or_else(|e| e.into_inner()) = TlsAcceptor::from(config);
+    }
 }
 
 /// Runs the bridge until `shutdown` is cancelled, then stops within the configured grace period.
@@ -74,8 +117,26 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), BridgeError> {
+    let control = Control {
+        shutdown,
+        reload: Arc::default(),
+    };
+    run_with(listeners, config, control).await
+}
+
+/// [`run`], with a reload trigger.
+pub async fn run_with(
+    listeners: Listeners,
+    config: Config,
+    control: Control,
+) -> Result<(), BridgeError> {
+    let shutdown = control.shutdown;
     let instance = config.instance_id();
-    let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
+    let tls = tls::server_config(&config.tls)?;
+    let acl = reload::load_acl(&config)?;
+    if acl.is_open() {
+        warn!("no ACL file: every client certificate from the client CA may read and control every device");
+    }
     let hub = hub::Hub::new(
         format!("{instance}.{}", hub::now_ms()),
         hub::HistoryLimits {
@@ -96,6 +157,7 @@ pub async fn run(
     let link_task = tokio::spawn(link.run(stop_link.clone()));
 
     let grace = config.grace();
+    let config_rate = (config.limits.command_rate, config.limits.command_burst);
     let shared = Arc::new(Shared {
         config,
         instance,
@@ -105,16 +167,16 @@ pub async fn run(
         shutdown: shutdown.clone(),
         close_sessions: CancellationToken::new(),
         tracker: TaskTracker::new(),
+        rate: ratelimit::RateLimiter::new(config_rate.0, config_rate.1),
+        acl: RwLock::new(Arc::new(acl)),
+        acl_version: watch::Sender::new(0),
+        acceptor: RwLock::new(TlsAcceptor::from(tls)),
     });
+    tokio::spawn(reload::watch(shared.clone(), control.reload));
     if let Ok(addr) = listeners.https.local_addr() {
         info!(%addr, instance = %shared.instance, "bridge listening");
     }
-    server::serve(
-        listeners.https,
-        tokio_rustls::TlsAcceptor::from(tls),
-        shared.clone(),
-    )
-    .await;
+    server::serve(listeners.https, shared.clone()).await;
 
     // Shutdown: in-flight commands may still get their device's answer for half the grace
     // period (the broker link stays up), then sessions flush and close with 1001.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use iot_bridge::{Config, Listeners};
+use iot_bridge::{Config, Control, Listeners};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for a configuration the bridge cannot use (sysexits EX_USAGE).
@@ -100,10 +100,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let https = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signals(shutdown.clone()));
-    iot_bridge::run(Listeners { https }, config, shutdown).await?;
+    let control = Control::default();
+    tokio::spawn(signals(control.shutdown.clone()));
+    #[cfg(unix)]
+    tokio::spawn(hangups(control.reload.clone()));
+    iot_bridge::run_with(Listeners { https }, config, control).await?;
     Ok(())
+}
+
+/// SIGHUP reloads the ACL and the TLS files, the way daemons usually do.
+#[cfg(unix)]
+async fn hangups(reload: std::sync::Arc<tokio::sync::Notify>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading ACL and certificates");
+        reload.notify_one();
+    }
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

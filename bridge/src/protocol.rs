@@ -371,6 +371,11 @@ pub enum ServerMsg<'a> {
     Broker {
         status: &'static str,
     },
+    /// The identity's rights changed (ACL reload).
+    Permissions {
+        read: &'a [String],
+        control: &'a [String],
+    },
     Lagging {
         conflated: u64,
     },

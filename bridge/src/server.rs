@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -32,7 +32,7 @@ pub struct Peer {
 }
 
 /// Accepts until shutdown; every connection runs in its own tracked task.
-pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let limit = Arc::new(Semaphore::new(shared.config.limits.max_connections));
     let app = router(shared.clone());
     loop {
@@ -59,7 +59,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
             tcp,
             addr,
             permit,
-            acceptor.clone(),
+            shared.acceptor(),
             app.clone(),
             shared.clone(),
         );
@@ -94,7 +94,7 @@ async fn connection(
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .and_then(crate::tls::identity);
+        .and_then(|cert| crate::tls::identity(cert, shared.config.tls.identity));
     let Some(identity) = identity else {
         warn!("client certificate names no identity (no CN or SAN); closing");
         return;
@@ -144,11 +144,32 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// Cross-site WebSocket hijacking guard: a browser always sends `Origin`; only the bridge's own
+/// origin and configured ones may use the user's certificate to open a socket.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let own = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| origin.eq_ignore_ascii_case(&format!("https://{host}")));
+    own || allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+}
+
 async fn websocket(
     State(shared): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if !origin_allowed(&headers, &shared.config.security.allowed_origins) {
+        warn!(origin = ?headers.get(header::ORIGIN), "websocket from a foreign origin refused");
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
     // The client's order of preference decides; no offer at all means JSON (simple scripts).
     let offered: Vec<String> = ws
         .requested_protocols()
@@ -211,5 +232,58 @@ async fn dashboard_file(uri: Uri) -> Response {
                 .into_response()
         }
         None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn origins() {
+        let allowed = vec!["https://dash.example.com".to_string()];
+        let cases = [
+            (headers(&[("host", "localhost:8443")]), true),
+            (
+                headers(&[
+                    ("host", "localhost:8443"),
+                    ("origin", "https://localhost:8443"),
+                ]),
+                true,
+            ),
+            (
+                headers(&[
+                    ("host", "localhost:8443"),
+                    ("origin", "https://evil.example"),
+                ]),
+                false,
+            ),
+            (
+                headers(&[
+                    ("host", "localhost:8443"),
+                    ("origin", "http://localhost:8443"),
+                ]),
+                false,
+            ),
+            (
+                headers(&[
+                    ("host", "localhost:8443"),
+                    ("origin", "https://dash.example.com"),
+                ]),
+                true,
+            ),
+            (headers(&[("origin", "null")]), false),
+        ];
+        for (h, want) in cases {
+            assert_eq!(origin_allowed(&h, &allowed), want, "{h:?}");
+        }
     }
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::acl::Grants;
 use crate::commands::{CommandError, CommandRequest};
 use crate::history::Query;
 use crate::hub::{ReadScope, SessionId, SubOptions, SubscribeRequest};
@@ -30,7 +31,8 @@ pub async fn run(socket: WebSocket, wire: Wire, peer: Peer, shared: Arc<Shared>)
     // Keeps shutdown waiting for this session; axum spawned the task, not our tracker.
     let _tracked = shared.tracker.token();
     let outbox = Outbox::new(shared.config.limits.session_queue);
-    let readable: ReadScope = Arc::new(|_: &str| true);
+    let grants = shared.acl().grants(&peer.identity);
+    let readable = read_scope(&grants);
     let id = shared.hub.register(outbox.clone(), wire, readable.clone());
     let span =
         tracing::info_span!("session", peer = %peer.addr, identity = %peer.identity, session = id);
@@ -41,6 +43,7 @@ pub async fn run(socket: WebSocket, wire: Wire, peer: Peer, shared: Arc<Shared>)
         shared: shared.clone(),
         outbox,
         readable,
+        grants,
     };
     session.run(socket).instrument(span).await;
     shared.hub.unregister(id);
@@ -53,6 +56,12 @@ struct Session {
     shared: Arc<Shared>,
     outbox: Arc<Outbox>,
     readable: ReadScope,
+    grants: Grants,
+}
+
+fn read_scope(grants: &Grants) -> ReadScope {
+    let grants = grants.clone();
+    Arc::new(move |id: &str| grants.can_read(id))
 }
 
 /// Why the loop ended and what to tell the client.
@@ -62,8 +71,9 @@ enum End {
 }
 
 impl Session {
-    async fn run(self, mut ws: WebSocket) {
+    async fn run(mut self, mut ws: WebSocket) {
         self.welcome();
+        let mut acl_changes = self.shared.acl_version.subscribe();
         let limits = &self.shared.config.limits;
         let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
         let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_interval_secs));
@@ -99,6 +109,7 @@ impl Session {
                         Err(end) => break end,
                     }
                 }
+                Ok(()) = acl_changes.changed() => self.regrant(),
                 _ = sleep_until(throttled.unwrap_or_else(Instant::now)), if throttled.is_some() => {
                     self.outbox.release_due();
                 }
@@ -201,15 +212,15 @@ impl Session {
 
     fn welcome(&self) {
         let config = &self.shared.config;
-        let everything = [String::from("*")];
+        let (read, control) = (self.grants.read_patterns(), self.grants.control_patterns());
         let msg = ServerMsg::Welcome {
             protocol: protocol::PROTOCOL_VERSION,
             server: format!("iot-bridge {}", env!("CARGO_PKG_VERSION")),
             instance: &self.shared.instance,
             identity: &self.peer.identity,
             permissions: Permissions {
-                read: &everything,
-                control: &everything,
+                read: &read,
+                control: &control,
             },
             broker: if self.shared.hub.broker_up() {
                 "up"
@@ -222,6 +233,19 @@ impl Session {
             },
         };
         self.send(&msg);
+    }
+
+    /// The ACL changed: recompute what this identity may do; streams it may no longer read stop.
+    fn regrant(&mut self) {
+        self.grants = self.shared.acl().grants(&self.peer.identity);
+        self.readable = read_scope(&self.grants);
+        self.shared.hub.set_readable(self.id, self.readable.clone());
+        let (read, control) = (self.grants.read_patterns(), self.grants.control_patterns());
+        info!(read = ?read, control = ?control, "permissions changed");
+        self.send(&ServerMsg::Permissions {
+            read: &read,
+            control: &control,
+        });
     }
 
     fn send(&self, msg: &ServerMsg<'_>) {
@@ -343,6 +367,22 @@ impl Session {
             Some(ms) => ms.min(config.max_timeout_ms),
             None => config.default_timeout_ms,
         };
+        let shared = &self.shared;
+        if crate::topic::is_valid_device_id(&device) && !self.grants.can_read(&device) {
+            // Not even its existence is told to an identity that may not read it.
+            return self.error(
+                req,
+                ErrorCode::UnknownDevice,
+                &format!("unknown device {device:?}"),
+            );
+        }
+        if !shared.rate.allow(&self.peer.identity) {
+            let message = format!(
+                "too many commands: at most {} per second (burst {})",
+                shared.config.limits.command_rate, shared.config.limits.command_burst
+            );
+            return self.error(req, ErrorCode::RateLimited, &message);
+        }
         let request = CommandRequest {
             req: req.cloned(),
             identity: self.peer.identity.clone(),
@@ -353,7 +393,11 @@ impl Session {
             outbox: self.outbox.clone(),
             wire: self.wire,
         };
-        let shared = &self.shared;
+        if crate::topic::is_valid_device_id(&request.device)
+            && !self.grants.can_control(&request.device)
+        {
+            return shared.commands.forbid(request);
+        }
         if let Err(e) = shared.commands.start(&shared.hub, &shared.link, request) {
             let code = match e {
                 CommandError::UnknownDevice(_) => ErrorCode::UnknownDevice,

@@ -8,7 +8,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+use crate::config::{IdentitySource, TlsConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -61,15 +63,35 @@ fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(store))
 }
 
-/// The listener's config: our certificate, and client certificates required to chain to `client_ca`.
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: &Path,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(client_ca)?, provider())
+fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let shown = path.display().to_string();
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Pem {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+    if crls.is_empty() {
+        return Err(TlsError::Pem {
+            path: shown,
+            message: "no CRL in file".into(),
+        });
+    }
+    Ok(crls)
+}
+
+/// The listener's config: our certificate, and client certificates required to chain to
+/// `config.client_ca` and not be revoked by `config.crl`.
+pub fn server_config(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(roots(&config.client_ca)?, provider());
+    if let Some(crl) = &config.crl {
+        builder = builder.with_crls(load_crls(crl)?);
+    }
+    let verifier = builder
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
+    let (cert, key) = (&config.cert, &config.key);
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -91,17 +113,12 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientCon
     Ok(Arc::new(config))
 }
 
-/// Who a verified client certificate names: its subject CN, else its first DNS, email or URI SAN.
-pub fn identity(cert: &CertificateDer<'_>) -> Option<String> {
+/// Who a verified client certificate names: by `source`, its subject CN (else its first SAN),
+/// or its first DNS, email or URI SAN.
+pub fn identity(cert: &CertificateDer<'_>, source: IdentitySource) -> Option<String> {
     use x509_parser::prelude::*;
     let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
-    let cn = parsed
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_owned);
-    cn.or_else(|| {
+    let san = || {
         let san = parsed.subject_alternative_name().ok()??;
         san.value.general_names.iter().find_map(|n| match n {
             GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
@@ -109,5 +126,16 @@ pub fn identity(cert: &CertificateDer<'_>) -> Option<String> {
             }
             _ => None,
         })
-    })
+    };
+    match source {
+        IdentitySource::San => san(),
+        IdentitySource::Cn => parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned)
+            .or_else(san),
+    }
+    .filter(|id| !id.is_empty() && id.len() <= 256)
 }
