@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::mqtt_link::LinkHandle;
 use crate::outbox::{Frame, Outbox};
 use crate::payload::Ack;
@@ -22,6 +23,7 @@ pub struct Commands {
     inner: Mutex<HashMap<String, Pending>>,
     instance: String,
     next: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug)]
@@ -61,12 +63,28 @@ pub enum CommandError {
 }
 
 impl Commands {
-    pub fn new(instance: &str) -> Arc<Commands> {
+    pub fn new(instance: &str, metrics: Arc<Metrics>) -> Arc<Commands> {
         Arc::new(Commands {
             inner: Mutex::new(HashMap::new()),
             instance: instance.to_owned(),
             next: AtomicU64::new(1),
+            metrics,
         })
+    }
+
+    /// Final status: to the requester, the audit log and the latency histogram.
+    fn conclude(
+        &self,
+        p: &Pending,
+        id: &str,
+        status: CommandStatus,
+        result: Option<&Value>,
+        error: Option<&str>,
+    ) {
+        push_status(p, id, status, result, error);
+        audit(p, id, status, error);
+        self.metrics
+            .command_done(status, p.started.elapsed().as_secs_f64());
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
@@ -115,8 +133,7 @@ impl Commands {
             Presence::Online | Presence::Unknown => None,
         };
         if let Some(reason) = offline_reason {
-            push_status(&pending, &id, CommandStatus::Offline, None, Some(reason));
-            audit(&pending, &id, CommandStatus::Offline, Some(reason));
+            self.conclude(&pending, &id, CommandStatus::Offline, None, Some(reason));
             return Ok(());
         }
         push_status(&pending, &id, CommandStatus::Accepted, None, None);
@@ -132,8 +149,7 @@ impl Commands {
         if let Err(e) = link.try_publish_command(&pending.device, payload) {
             drop(table);
             let reason = format!("broker link cannot take the command: {e}");
-            push_status(&pending, &id, CommandStatus::Offline, None, Some(&reason));
-            audit(&pending, &id, CommandStatus::Offline, Some(&reason));
+            self.conclude(&pending, &id, CommandStatus::Offline, None, Some(&reason));
             return Ok(());
         }
         push_status(&pending, &id, CommandStatus::Sent, None, None);
@@ -171,8 +187,7 @@ impl Commands {
             started: Instant::now(),
         };
         let reason = "this identity may not control this device";
-        push_status(&pending, &id, CommandStatus::Forbidden, None, Some(reason));
-        audit(&pending, &id, CommandStatus::Forbidden, Some(reason));
+        self.conclude(&pending, &id, CommandStatus::Forbidden, None, Some(reason));
     }
 
     /// A device answered. Acks for other bridge instances or from another device are ignored.
@@ -204,16 +219,14 @@ impl Commands {
         let Some(p) = self.lock().remove(id) else {
             return;
         };
-        push_status(&p, id, status, result, error);
-        audit(&p, id, status, error);
+        self.conclude(&p, id, status, result, error);
     }
 
     /// Ends every command in flight (shutdown): the requesters get a final `offline`.
     pub fn fail_all(&self, reason: &str) {
         let all: Vec<(String, Pending)> = self.lock().drain().collect();
         for (id, p) in all {
-            push_status(&p, &id, CommandStatus::Offline, None, Some(reason));
-            audit(&p, &id, CommandStatus::Offline, Some(reason));
+            self.conclude(&p, &id, CommandStatus::Offline, None, Some(reason));
         }
     }
 }

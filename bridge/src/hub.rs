@@ -172,6 +172,24 @@ impl Hub {
         self.lock().devices.len()
     }
 
+    /// How many devices are in each presence, for metrics.
+    pub fn presence_counts(&self) -> Vec<(Presence, i64)> {
+        let inner = self.lock();
+        let mut counts = [
+            (Presence::Online, 0),
+            (Presence::Offline, 0),
+            (Presence::Stale, 0),
+            (Presence::Unknown, 0),
+        ];
+        for d in inner.devices.values() {
+            let p = self.presence_of(d);
+            if let Some(c) = counts.iter_mut().find(|(q, _)| *q == p) {
+                c.1 += 1;
+            }
+        }
+        counts.to_vec()
+    }
+
     /// Encodings wanted for shared frames, from the sessions connected now.
     fn wires(&self) -> WireSet {
         WireSet {

@@ -19,6 +19,7 @@ pub mod commands;
 pub mod config;
 pub mod history;
 pub mod hub;
+pub mod metrics;
 pub mod mqtt_link;
 pub mod outbox;
 pub mod payload;
@@ -75,6 +76,7 @@ pub struct Shared {
     pub instance: String,
     pub hub: Arc<hub::Hub>,
     pub commands: Arc<commands::Commands>,
+    pub metrics: Arc<metrics::Metrics>,
     pub link: mqtt_link::LinkHandle,
     /// Cancelled when the bridge is asked to stop: no new connections.
     pub shutdown: CancellationToken,
@@ -144,13 +146,15 @@ pub async fn run_with(
             max_age_ms: (config.history.max_age_secs as i64).saturating_mul(1000),
         },
     );
-    let commands = commands::Commands::new(&instance);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let commands = commands::Commands::new(&instance, metrics.clone());
     let link = mqtt_link::MqttLink::new(
         &config.broker,
         &instance,
         config.limits.max_payload_bytes,
         hub.clone(),
         commands.clone(),
+        metrics.clone(),
     )?;
     let stop_link = CancellationToken::new();
     let link_handle = link.handle();
@@ -163,6 +167,7 @@ pub async fn run_with(
         instance,
         hub,
         commands,
+        metrics,
         link: link_handle,
         shutdown: shutdown.clone(),
         close_sessions: CancellationToken::new(),

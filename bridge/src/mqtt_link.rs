@@ -4,7 +4,6 @@
 //! The task never awaits a publish (rumqttc #1025): commands are queued with `try_publish` from
 //! the sessions through a cloned [`LinkHandle`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::commands::Commands;
 use crate::config::BrokerConfig;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::payload::{self, PayloadError};
 use crate::topic::{self, Channel};
 
@@ -31,20 +31,11 @@ pub enum LinkError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// Counters of the link, readable from anywhere.
-#[derive(Debug, Default)]
-pub struct LinkStats {
-    pub connects: AtomicU64,
-    pub messages: AtomicU64,
-    pub bad_payloads: AtomicU64,
-}
-
 /// What sessions use to publish commands.
 #[derive(Debug, Clone)]
 pub struct LinkHandle {
     client: AsyncClient,
     prefix: Arc<str>,
-    pub stats: Arc<LinkStats>,
 }
 
 impl LinkHandle {
@@ -66,6 +57,7 @@ pub struct MqttLink {
     handle: LinkHandle,
     hub: Arc<Hub>,
     commands: Arc<Commands>,
+    metrics: Arc<Metrics>,
     filters: Vec<SubscribeFilter>,
     backoff_min: Duration,
     backoff_max: Duration,
@@ -79,6 +71,7 @@ impl MqttLink {
         max_payload: usize,
         hub: Arc<Hub>,
         commands: Arc<Commands>,
+        metrics: Arc<Metrics>,
     ) -> Result<MqttLink, LinkError> {
         let tls = crate::tls::client_config(&config.ca, &config.cert, &config.key)?;
         let client_id = config
@@ -106,10 +99,10 @@ impl MqttLink {
             handle: LinkHandle {
                 client,
                 prefix: Arc::from(config.topic_prefix.as_str()),
-                stats: Arc::default(),
             },
             hub,
             commands,
+            metrics,
             filters,
             backoff_min: Duration::from_millis(config.reconnect_min_ms),
             backoff_max: Duration::from_millis(config.reconnect_max_ms),
@@ -133,7 +126,7 @@ impl MqttLink {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     if ack.code == ConnectReturnCode::Success {
                         failures = 0;
-                        self.handle.stats.connects.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.broker_connects.inc();
                         info!("broker connected, subscribing");
                         // Clean session: the broker forgot our subscriptions, ask again once.
                         if let Err(e) = self.handle.client.try_subscribe_many(self.filters.clone())
@@ -153,11 +146,13 @@ impl MqttLink {
                     }
                     info!("broker link up");
                     self.hub.set_broker_up(true);
+                    self.metrics.broker_up.set(1);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => self.on_publish(p),
                 Ok(_) => {}
                 Err(e) => {
                     self.hub.set_broker_up(false);
+                    self.metrics.broker_up.set(0);
                     let delay = backoff(self.backoff_min, self.backoff_max, failures);
                     failures = failures.saturating_add(1);
                     if failures == 1 {
@@ -180,16 +175,13 @@ impl MqttLink {
     }
 
     fn on_publish(&self, p: Publish) {
-        self.handle.stats.messages.fetch_add(1, Ordering::Relaxed);
         let Some((device, channel)) = topic::parse(&self.handle.prefix, &p.topic) else {
             debug!(topic = %p.topic, "ignoring message on an unexpected topic");
             return;
         };
+        self.metrics.message_in(channel);
         if let Err(e) = self.dispatch(device, channel, &p.payload) {
-            self.handle
-                .stats
-                .bad_payloads
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.bad_payloads.inc();
             warn!(device, channel = channel.as_str(), error = %e, "bad payload from device");
         }
     }

@@ -18,6 +18,8 @@ use crate::protocol::{self, ServerMsg, Wire, WireSet};
 pub struct Frame {
     /// `Some(device)` for telemetry, which may be conflated; `None` for everything else.
     pub conflate_key: Option<Arc<str>>,
+    /// The message's `type`, for metrics.
+    pub kind: &'static str,
     json: Option<Utf8Bytes>,
     cbor: Option<Bytes>,
 }
@@ -27,6 +29,7 @@ impl Frame {
     pub fn new(msg: &ServerMsg<'_>, conflate_key: Option<Arc<str>>, wire: WireSet) -> Frame {
         Frame {
             conflate_key,
+            kind: msg.kind(),
             json: (wire.json || !wire.cbor).then(|| msg.to_json().into()),
             cbor: wire.cbor.then(|| Bytes::from(msg.to_cbor())),
         }
@@ -252,6 +255,7 @@ mod tests {
     fn text(s: &str) -> Frame {
         Frame {
             conflate_key: None,
+            kind: "test",
             json: Some(s.into()),
             cbor: None,
         }

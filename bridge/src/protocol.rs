@@ -407,6 +407,27 @@ pub struct LimitsView {
 }
 
 impl ServerMsg<'_> {
+    /// The `type` of the message, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMsg::Welcome { .. } => "welcome",
+            ServerMsg::Snapshot { .. } => "snapshot",
+            ServerMsg::Telemetry { .. } => "telemetry",
+            ServerMsg::State { .. } => "state",
+            ServerMsg::Presence { .. } => "presence",
+            ServerMsg::Device { .. } => "device",
+            ServerMsg::CommandStatus { .. } => "command_status",
+            ServerMsg::Unsubscribed { .. } => "unsubscribed",
+            ServerMsg::History { .. } => "history",
+            ServerMsg::List { .. } => "list",
+            ServerMsg::Pong { .. } => "pong",
+            ServerMsg::Broker { .. } => "broker",
+            ServerMsg::Permissions { .. } => "permissions",
+            ServerMsg::Lagging { .. } => "lagging",
+            ServerMsg::Error { .. } => "error",
+        }
+    }
+
     /// JSON text of the message. Serializing these types cannot fail (string keys, no custom impls).
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| {

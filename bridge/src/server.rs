@@ -81,10 +81,13 @@ async fn connection(
     let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            debug!(error = %e, "TLS handshake failed");
+            let reason = crate::metrics::tls_reason(&e);
+            shared.metrics.tls_failure(reason);
+            debug!(error = %e, reason, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            shared.metrics.tls_failure("timeout");
             debug!("TLS handshake timed out");
             return;
         }
@@ -132,6 +135,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/ws", get(websocket))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(get(dashboard_file))
         .with_state(shared)
 }
@@ -158,6 +162,18 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
         .and_then(|h| h.to_str().ok())
         .is_some_and(|host| origin.eq_ignore_ascii_case(&format!("https://{host}")));
     own || allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let body = shared.metrics.render(&shared.hub.presence_counts());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn websocket(

@@ -36,6 +36,7 @@ pub async fn run(socket: WebSocket, wire: Wire, peer: Peer, shared: Arc<Shared>)
     let id = shared.hub.register(outbox.clone(), wire, readable.clone());
     let span =
         tracing::info_span!("session", peer = %peer.addr, identity = %peer.identity, session = id);
+    shared.metrics.client(wire).inc();
     let session = Session {
         id,
         wire,
@@ -47,6 +48,7 @@ pub async fn run(socket: WebSocket, wire: Wire, peer: Peer, shared: Arc<Shared>)
     };
     session.run(socket).instrument(span).await;
     shared.hub.unregister(id);
+    shared.metrics.client(wire).dec();
 }
 
 struct Session {
@@ -67,7 +69,8 @@ fn read_scope(grants: &Grants) -> ReadScope {
 /// Why the loop ended and what to tell the client.
 enum End {
     PeerGone,
-    Close(u16, &'static str),
+    /// Close code, reason for the client, reason label for metrics.
+    Close(u16, &'static str, &'static str),
 }
 
 impl Session {
@@ -88,7 +91,7 @@ impl Session {
                 _ = self.shared.close_sessions.cancelled() => {
                     // Deliver what is queued (final command statuses among it), then say goodbye.
                     let _ = self.write_queued(&mut ws, &mut batch, idle_timeout).await;
-                    break End::Close(close_code::AWAY, "bridge shutting down");
+                    break End::Close(close_code::AWAY, "bridge shutting down", "shutdown");
                 }
                 incoming = ws.next() => match incoming {
                     None => break End::PeerGone,
@@ -115,7 +118,7 @@ impl Session {
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > idle_timeout {
-                        break End::Close(close_code::AWAY, "idle timeout: no pong received");
+                        break End::Close(close_code::AWAY, "idle timeout: no pong received", "idle");
                     }
                     if tokio::time::timeout(idle_timeout, ws.send(Message::Ping(Default::default()))).await.is_err() {
                         break End::PeerGone;
@@ -123,7 +126,8 @@ impl Session {
                 }
             }
         };
-        if let End::Close(code, reason) = end {
+        if let End::Close(code, reason, label) = end {
+            self.shared.metrics.closed(label);
             debug!(code, reason, "closing session");
             let frame = CloseFrame {
                 code,
@@ -150,10 +154,14 @@ impl Session {
             || text.contains("too big")
         {
             warn!(error = %text, "client sent an oversized message");
-            End::Close(close_code::SIZE, "message too big")
+            End::Close(close_code::SIZE, "message too big", "oversized")
         } else if text.contains("UTF-8") || text.contains("utf-8") || text.contains("Utf8") {
             warn!(error = %text, "client sent invalid UTF-8");
-            End::Close(close_code::INVALID, "text frame is not valid UTF-8")
+            End::Close(
+                close_code::INVALID,
+                "text frame is not valid UTF-8",
+                "invalid_utf8",
+            )
         } else {
             debug!(error = %text, "websocket read ended");
             End::PeerGone
@@ -168,6 +176,8 @@ impl Session {
         batch: &mut Vec<Frame>,
         deadline: Duration,
     ) -> Result<(), End> {
+        let metrics = &self.shared.metrics;
+        metrics.queue_depth.observe(self.outbox.len() as f64);
         loop {
             batch.clear();
             let info = self.outbox.drain(batch, WRITE_BATCH);
@@ -181,13 +191,17 @@ impl Session {
                 return Err(End::Close(
                     CLOSE_TOO_SLOW,
                     "client too slow: queue over limit",
+                    "too_slow",
                 ));
             }
             let write = async {
                 for frame in batch.drain(..) {
+                    metrics.message_out(frame.kind);
                     ws.feed(frame.message(self.wire)).await?;
                 }
                 if info.conflated > 0 {
+                    metrics.conflated.inc_by(info.conflated);
+                    metrics.message_out("lagging");
                     let lag = ServerMsg::Lagging {
                         conflated: info.conflated,
                     };
@@ -377,6 +391,7 @@ impl Session {
             );
         }
         if !shared.rate.allow(&self.peer.identity) {
+            shared.metrics.rate_limited.inc();
             let message = format!(
                 "too many commands: at most {} per second (burst {})",
                 shared.config.limits.command_rate, shared.config.limits.command_burst
