@@ -124,6 +124,11 @@ impl Ca {
         &self.cert_der
     }
 
+    /// The signer, for the CRL (`revocation`), which needs the same name and key as leaves.
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
     /// Issues a TLS server certificate (EKU serverAuth). Each SAN entry that parses as an IP
     /// address becomes an IP SAN, anything else a DNS SAN.
     pub fn issue_server(&self, common_name: &str, sans: &[String]) -> Result<Issued, CertError> {

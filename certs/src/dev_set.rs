@@ -2,7 +2,8 @@
 //!
 //! Layout under the output folder:
 //! `ca.pem ca.key | server.pem server.key | broker.pem broker.key |
-//! bridge-client.pem bridge-client.key | users/NAME.{pem,key,p12} | devices/ID.{pem,key}`.
+//! bridge-client.pem bridge-client.key | crl.pem revoked.json | users/NAME.{pem,key,p12} |
+//! devices/ID.{pem,key}`.
 
 use std::path::PathBuf;
 
@@ -10,6 +11,7 @@ use crate::files::{self, Access};
 use crate::names::{validate_device_id, validate_user_name};
 use crate::pkcs12::DEFAULT_P12_PASSWORD;
 use crate::reuse::LeafCheck;
+use crate::revocation::{self, RevocationList};
 use crate::{Ca, CertError, Issued};
 
 /// Start of the dev CA's common name, which is what people see in their trust store. A
@@ -68,6 +70,10 @@ pub struct DevCertPaths {
     pub broker_key: PathBuf,
     pub bridge_client_cert: PathBuf,
     pub bridge_client_key: PathBuf,
+    /// The CA's certificate revocation list (PEM), for the bridge's `tls.crl`.
+    pub crl: PathBuf,
+    /// The revoked serial numbers `crl.pem` is made from (`revoked.json`).
+    pub revocation_list: PathBuf,
     /// Files the call that returned this value created or replaced, in writing order.
     pub written: Vec<PathBuf>,
 }
@@ -86,6 +92,8 @@ impl DevCertPaths {
             broker_key: f("broker.key"),
             bridge_client_cert: f("bridge-client.pem"),
             bridge_client_key: f("bridge-client.key"),
+            crl: f("crl.pem"),
+            revocation_list: f("revoked.json"),
             written: Vec::new(),
             dir,
         }
@@ -135,6 +143,8 @@ pub fn generate_dev_certs(opts: &DevCertOptions) -> Result<DevCertPaths, CertErr
     for (leaf, issued) in leaves.iter().zip(&issued) {
         leaf.write(&ca, issued, opts, &mut paths.written)?;
     }
+    // An empty CRL from the start, so the bridge can always be pointed at one.
+    revocation::write_fresh(&ca, &mut paths)?;
     Ok(paths)
 }
 
@@ -145,16 +155,19 @@ pub fn generate_dev_certs(opts: &DevCertOptions) -> Result<DevCertPaths, CertErr
 /// another week and (for servers) covers every requested SAN; otherwise it is issued anew.
 /// Without any CA files a new CA is made; with only one of `ca.pem`/`ca.key` this fails
 /// rather than silently replacing a CA people may have installed. `force` is not consulted.
+/// A revoked leaf is issued anew, and `crl.pem` is rewritten when it is missing, does not
+/// match `revoked.json` or is within a week of its `nextUpdate`.
 pub fn ensure_dev_certs(opts: &DevCertOptions) -> Result<DevCertPaths, CertError> {
     validate(opts)?;
     let mut paths = DevCertPaths::new(&opts.out_dir);
     create_dirs(&paths)?;
-    let ca = match (paths.ca_cert.exists(), paths.ca_key.exists()) {
-        (true, true) => load_ca(&paths)?,
+    let (ca, revoked) = match (paths.ca_cert.exists(), paths.ca_key.exists()) {
+        (true, true) => (load_ca(&paths)?, revocation::read_list(&paths)?),
         (false, false) => {
             let ca = Ca::generate(&ca_common_name())?;
             write_ca(&ca, &mut paths)?;
-            ca
+            // Revocations of another CA's certificates mean nothing under this one.
+            (ca, RevocationList::default())
         }
         (cert, _) => {
             let (have, missing) = if cert {
@@ -170,7 +183,7 @@ pub fn ensure_dev_certs(opts: &DevCertOptions) -> Result<DevCertPaths, CertError
             });
         }
     };
-    let check = LeafCheck::new(&ca)?;
+    let check = LeafCheck::new(&ca, revoked.serials())?;
     for leaf in plan(&paths, opts, true) {
         match check.existing(&leaf.cert, &leaf.key, &leaf.kind) {
             Some(issued) => {
@@ -186,6 +199,7 @@ pub fn ensure_dev_certs(opts: &DevCertOptions) -> Result<DevCertPaths, CertError
             }
         }
     }
+    revocation::ensure_crl(&ca, &mut paths, revoked)?;
     Ok(paths)
 }
 

@@ -37,6 +37,10 @@ pub enum CertError {
     #[error("no usable CA in {}: {reason}", dir.display())]
     MissingCa { dir: PathBuf, reason: String },
 
+    /// A certificate that was asked for by name is not in the set.
+    #[error("no certificate for {what}: {} does not exist", path.display())]
+    NotFound { what: String, path: PathBuf },
+
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {

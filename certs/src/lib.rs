@@ -10,17 +10,22 @@
 //!   [`generate_dev_certs`] (new set), [`ensure_dev_certs`] (reuse or complete one) and
 //!   [`add_clients`] (more users/devices under an existing CA). It asks `reuse` whether a
 //!   leaf on disk can be kept and writes through `files` (atomic, exact permissions).
+//! - `revocation`: [`revoke`] records a certificate's serial in `revoked.json` and has `crl`
+//!   sign `crl.pem` from that list with the CA; [`write_crl`] refreshes it. Every new set starts
+//!   with an empty CRL, and `ensure_dev_certs` re-issues revoked leaves.
 //! - [`names`]: validation of user names and device ids, which become file names.
 //!
 //! Everything here is for development and demos: the CA key sits next to the certificates.
 
 pub mod ca;
+mod crl;
 mod dev_set;
 mod error;
 mod files;
 pub mod names;
 mod pkcs12;
 mod reuse;
+mod revocation;
 
 pub use ca::{Ca, Issued};
 pub use dev_set::{
@@ -30,3 +35,7 @@ pub use dev_set::{
 pub use error::CertError;
 pub use names::{validate_device_id, validate_user_name};
 pub use pkcs12::DEFAULT_P12_PASSWORD;
+pub use revocation::{
+    revocation_list, revoke, revoke_detailed, write_crl, CertRole, Revocation, RevocationList,
+    RevokeTarget, RevokedCert,
+};

@@ -1,10 +1,14 @@
-//! `iot-certs`: command line front end of the development CA (create a set, add users/devices).
+//! `iot-certs`: command line front end of the development CA (create a set, add users/devices,
+//! revoke certificates).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use iot_certs::{CertError, DevCertOptions, DevCertPaths, DEFAULT_P12_PASSWORD};
+use clap::{ArgGroup, Parser, Subcommand};
+use iot_certs::{
+    CertError, CertRole, DevCertOptions, DevCertPaths, Revocation, RevokeTarget,
+    DEFAULT_P12_PASSWORD,
+};
 
 /// Development certificates for iot-bridge: a CA, server certificates for the bridge and the
 /// MQTT broker, and client certificates for the bridge, people and devices.
@@ -52,6 +56,21 @@ enum Command {
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
     },
+    /// Revoke a certificate: record its serial number in revoked.json and rewrite crl.pem.
+    #[command(group(ArgGroup::new("target").required(true).args(["user", "device", "serial"])))]
+    Revoke {
+        /// The certificate in users/NAME.pem.
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// The certificate in devices/ID.pem.
+        #[arg(long, value_name = "ID")]
+        device: Option<String>,
+        /// Any certificate of this CA by serial number (hex, ':' separators allowed).
+        #[arg(long, value_name = "HEX")]
+        serial: Option<String>,
+    },
+    /// Rewrite crl.pem from revoked.json with a fresh validity period (30 days).
+    Crl,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +85,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let paths = DevCertPaths::new(&cli.out);
     let mut opts = DevCertOptions {
         out_dir: cli.out,
         force: cli.force,
@@ -96,17 +116,91 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             opts.devices = ids;
             iot_certs::add_clients(&opts)
         }
+        Command::Revoke {
+            user,
+            device,
+            serial,
+        } => {
+            // clap's group lets exactly one of them through.
+            let target = match (user, device, serial) {
+                (Some(name), _, _) => RevokeTarget::User(name),
+                (_, Some(id), _) => RevokeTarget::Device(id),
+                (_, _, Some(hex)) => RevokeTarget::Serial(hex),
+                (None, None, None) => {
+                    anyhow::bail!("say what to revoke: --user, --device or --serial")
+                }
+            };
+            let revocation = iot_certs::revoke_detailed(&paths, target).map_err(explain)?;
+            report_revocation(&paths, &revocation);
+            return Ok(());
+        }
+        Command::Crl => {
+            let crl = iot_certs::write_crl(&paths).map_err(explain)?;
+            let count = iot_certs::revocation_list(&paths)?.revoked.len();
+            println!("Wrote {} ({}).", crl.display(), revoked_count(count));
+            print_reload_hint();
+            return Ok(());
+        }
     };
-    let paths = result.map_err(|e| match e {
+    let paths = result.map_err(explain)?;
+    report(&paths, &opts);
+    Ok(())
+}
+
+/// Adds what to do next to the errors people can fix themselves.
+fn explain(e: CertError) -> anyhow::Error {
+    match e {
         CertError::Exists(path) => anyhow::anyhow!(
             "{} already exists; pass --force to replace it (the old certificates stop working)",
             path.display()
         ),
         CertError::MissingCa { .. } => anyhow::anyhow!("{e}; run `iot-certs init` first"),
         other => other.into(),
-    })?;
-    report(&paths, &opts);
-    Ok(())
+    }
+}
+
+fn report_revocation(paths: &DevCertPaths, r: &Revocation) {
+    let who = match (&r.cert.name, r.cert.role) {
+        (Some(name), role) => format!("{role} certificate {name:?}"),
+        (None, CertRole::Unknown) => "certificate (no matching file in this set)".to_owned(),
+        (None, role) => format!("{role} certificate"),
+    };
+    if r.already_revoked {
+        println!(
+            "The {who} with serial {} was already revoked on {}.",
+            r.cert.serial, r.cert.revoked_at
+        );
+    } else {
+        println!("Revoked the {who} with serial {}.", r.cert.serial);
+    }
+    println!(
+        "Recorded in {}; wrote {} ({}).",
+        paths.revocation_list.display(),
+        r.crl.display(),
+        revoked_count(r.revoked_count)
+    );
+    if matches!(r.cert.role, CertRole::User | CertRole::Device) {
+        println!(
+            "The certificate files stay in place; `iot-certs --force {} {}` issues a new one.",
+            r.cert.role,
+            r.cert.name.as_deref().unwrap_or("NAME")
+        );
+    }
+    print_reload_hint();
+}
+
+fn revoked_count(n: usize) -> String {
+    match n {
+        1 => "1 revoked certificate".to_owned(),
+        n => format!("{n} revoked certificates"),
+    }
+}
+
+fn print_reload_hint() {
+    println!(
+        "The bridge reads the CRL named by `crl` in its [tls] config and reloads it on SIGHUP \
+         (kill -HUP <pid>): new connections with a revoked certificate are refused."
+    );
 }
 
 fn report(paths: &DevCertPaths, opts: &DevCertOptions) {

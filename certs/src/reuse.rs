@@ -1,6 +1,6 @@
 //! Deciding whether a leaf certificate already on disk can be kept.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -9,6 +9,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ca::{parse_san, san_key};
+use crate::crl::serial_hex;
 use crate::dev_set::LeafKind;
 use crate::{files, Ca, CertError, Issued};
 
@@ -18,13 +19,15 @@ const MIN_REMAINING: Duration = Duration::days(7);
 /// Checks existing leaf files against one CA.
 pub(crate) struct LeafCheck<'a> {
     ca: X509Certificate<'a>,
+    /// Serial numbers (canonical hex) in the CA's revocation list.
+    revoked: BTreeSet<String>,
 }
 
 impl<'a> LeafCheck<'a> {
-    pub(crate) fn new(ca: &'a Ca) -> Result<Self, CertError> {
+    pub(crate) fn new(ca: &'a Ca, revoked: BTreeSet<String>) -> Result<Self, CertError> {
         let (_, ca) = X509Certificate::from_der(ca.cert_der())
             .map_err(|e| CertError::invalid("CA certificate", e))?;
-        Ok(LeafCheck { ca })
+        Ok(LeafCheck { ca, revoked })
     }
 
     /// The certificate at `cert`/`key` if it is still good for `kind`; `None` means replace it.
@@ -41,6 +44,10 @@ impl<'a> LeafCheck<'a> {
             return false;
         };
         if x509.verify_signature(Some(self.ca.public_key())).is_err() {
+            return false;
+        }
+        // Keeping a revoked certificate would leave its owner locked out for good.
+        if self.revoked.contains(&serial_hex(x509.raw_serial())) {
             return false;
         }
         let expires = x509.validity().not_after.to_datetime();
@@ -112,7 +119,7 @@ mod tests {
     fn judges_leaves() {
         let ca = Ca::generate("ca").unwrap();
         let other = Ca::generate("ca").unwrap();
-        let check = LeafCheck::new(&ca).unwrap();
+        let check = LeafCheck::new(&ca, BTreeSet::new()).unwrap();
         let srv = ca
             .issue_server("srv", &["localhost".into(), "10.0.0.2".into()])
             .unwrap();
@@ -131,5 +138,11 @@ mod tests {
         // Same CA name, different key: must not be kept.
         let stranger = other.issue_client("alice").unwrap();
         assert!(!check.is_current(&stranger.cert_der, &LeafKind::Client { cn: "alice".into() }));
+
+        // A revoked certificate is replaced.
+        let (_, x509) = X509Certificate::from_der(&alice.cert_der).unwrap();
+        let revoked = BTreeSet::from([serial_hex(x509.raw_serial())]);
+        let check = LeafCheck::new(&ca, revoked).unwrap();
+        assert!(!check.is_current(&alice.cert_der, &LeafKind::Client { cn: "alice".into() }));
     }
 }

@@ -146,7 +146,8 @@ fn every_certificate_chains_to_the_ca_with_the_right_names() {
         &[],
     );
 
-    let expected_files = 2 + 3 * 2 + 2 * 3 + 2;
+    // CA, three server-side leaves, two users with bundles, a device, CRL and its list.
+    let expected_files = 2 + 3 * 2 + 2 * 3 + 2 + 2;
     assert_eq!(paths.written.len(), expected_files, "{:?}", paths.written);
     assert!(paths.written.iter().all(|p| p.exists()));
 }

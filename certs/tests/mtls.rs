@@ -1,15 +1,16 @@
 //! Proves the dev certificates work for mutual TLS: a rustls server using server.pem that
 //! requires client certificates from ca.pem accepts user and device certificates, and
-//! refuses clients without one or with one from another CA.
+//! refuses clients without one or with one from another CA, and, given the set's CRL, refuses
+//! revoked certificates while still accepting the others.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use iot_certs::{generate_dev_certs, DevCertOptions, DevCertPaths};
+use iot_certs::{generate_dev_certs, revoke, DevCertOptions, DevCertPaths, RevokeTarget};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -38,9 +39,29 @@ fn roots(ca: &Path) -> Arc<RootCertStore> {
 }
 
 fn server_config(paths: &DevCertPaths, cert: &Path, key_path: &Path) -> Arc<ServerConfig> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&paths.ca_cert), provider())
-        .build()
-        .unwrap();
+    server_config_with_crl(paths, cert, key_path, None)
+}
+
+/// Like the bridge's listener: client certificates must chain to the CA and, with a CRL, must
+/// not be listed in it.
+fn server_config_with_crl(
+    paths: &DevCertPaths,
+    cert: &Path,
+    key_path: &Path,
+    crl: Option<&Path>,
+) -> Arc<ServerConfig> {
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(roots(&paths.ca_cert), provider());
+    if let Some(crl) = crl {
+        let crls: Vec<CertificateRevocationListDer<'static>> =
+            CertificateRevocationListDer::pem_file_iter(crl)
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        assert_eq!(crls.len(), 1);
+        builder = builder.with_crls(crls);
+    }
+    let verifier = builder.build().unwrap();
     let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .unwrap()
@@ -207,4 +228,75 @@ async fn clients_without_a_good_certificate_are_refused() {
     let alice = client_config(&paths.ca_cert, Some((&cert, &key)));
     let err = handshake(server, alice, "mosquitto").await.unwrap_err();
     assert!(err.contains("not valid for name"), "{err}");
+}
+
+#[tokio::test]
+async fn revoked_certificates_are_refused_and_the_others_still_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = generate_dev_certs(&DevCertOptions {
+        out_dir: dir.path().to_path_buf(),
+        users: vec!["alice".into(), "bob".into()],
+        devices: vec!["lamp-1".into()],
+        ..DevCertOptions::default()
+    })
+    .unwrap();
+    let client = |cert: &Path, key: &Path| client_config(&paths.ca_cert, Some((cert, key)));
+    let (alice_cert, alice_key, _) = paths.user("alice");
+    let (bob_cert, bob_key, _) = paths.user("bob");
+    let (lamp_cert, lamp_key) = paths.device("lamp-1");
+    let server_now = || {
+        server_config_with_crl(
+            &paths,
+            &paths.server_cert,
+            &paths.server_key,
+            Some(&paths.crl),
+        )
+    };
+
+    // The empty CRL a new set starts with is authoritative for every certificate of the CA
+    // (rustls refuses certificates whose status it cannot tell) and revokes nobody.
+    let server = server_now();
+    for (who, config) in [
+        ("alice", client(&alice_cert, &alice_key)),
+        ("lamp-1", client(&lamp_cert, &lamp_key)),
+    ] {
+        assert_eq!(
+            handshake(server.clone(), config, "localhost")
+                .await
+                .unwrap(),
+            who
+        );
+    }
+
+    revoke(&paths, RevokeTarget::User("alice".into())).unwrap();
+    let server = server_now();
+    let err = handshake(server.clone(), client(&alice_cert, &alice_key), "localhost")
+        .await
+        .unwrap_err();
+    assert!(err.contains("Revoked"), "{err}");
+    assert_eq!(
+        handshake(server.clone(), client(&bob_cert, &bob_key), "localhost")
+            .await
+            .unwrap(),
+        "bob"
+    );
+    assert_eq!(
+        handshake(server, client(&lamp_cert, &lamp_key), "localhost")
+            .await
+            .unwrap(),
+        "lamp-1"
+    );
+
+    revoke(&paths, RevokeTarget::Device("lamp-1".into())).unwrap();
+    let server = server_now();
+    let err = handshake(server.clone(), client(&lamp_cert, &lamp_key), "localhost")
+        .await
+        .unwrap_err();
+    assert!(err.contains("Revoked"), "{err}");
+    assert_eq!(
+        handshake(server, client(&bob_cert, &bob_key), "localhost")
+            .await
+            .unwrap(),
+        "bob"
+    );
 }
