@@ -51,7 +51,7 @@ impl E2eError {
         move |source| E2eError::Io { what, source }
     }
 
-    pub(crate) fn timeout(what: impl Into<String>, waited: Duration) -> E2eError {
+    pub fn timeout(what: impl Into<String>, waited: Duration) -> E2eError {
         E2eError::Timeout {
             what: what.into(),
             waited,

@@ -1,7 +1,7 @@
 //! A real Mosquitto broker per test, running the shipped `mosquitto/mosquitto.conf` and
 //! `mosquitto/acl` with only the listener port and the two container folders swapped for local ones.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -279,7 +279,7 @@ fn write_public(path: &Path, text: &str) -> Result<(), E2eError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let file = File::open(path).map_err(E2eError::io(what()))?;
+        let file = std::fs::File::open(path).map_err(E2eError::io(what()))?;
         file.set_permissions(std::fs::Permissions::from_mode(0o644))
             .map_err(E2eError::io(what()))?;
     }

@@ -97,16 +97,31 @@ impl Pki {
         })
     }
 
-    /// A client certificate with this CN from a different, freshly made CA: well-formed, but
-    /// chaining to nothing the bridge or the broker trusts.
-    pub fn foreign_client(common_name: &str) -> Result<ClientCert, E2eError> {
-        // Same CA name as the real one, so only the key and signature differ.
-        let other = Ca::generate(iot_certs::CA_COMMON_NAME)?;
-        let issued = other.issue_client(common_name)?;
+    /// A client certificate with this CN from an impostor CA: a fresh key under exactly the same
+    /// name as this set's CA, so a verifier finds the trusted CA by name and must reject the
+    /// signature.
+    pub fn foreign_client(&self, common_name: &str) -> Result<ClientCert, E2eError> {
+        let impostor = Ca::generate(&self.ca_common_name()?)?;
+        let issued = impostor.issue_client(common_name)?;
         Ok(ClientCert {
             cert_pem: issued.cert_pem,
             key_pem: issued.key_pem,
         })
+    }
+
+    /// The CN of this set's CA (it carries the creation time, so it differs per set).
+    fn ca_common_name(&self) -> Result<String, E2eError> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let bad =
+            |e: &dyn std::fmt::Display| E2eError::Tls(format!("reading the CA certificate: {e}"));
+        let (_, cert) = X509Certificate::from_der(self.ca.cert_der()).map_err(|e| bad(&e))?;
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .ok_or_else(|| bad(&"no CN"))?;
+        Ok(cn.to_owned())
     }
 }
 
@@ -121,4 +136,38 @@ pub(crate) fn make_traversable(dir: &Path) -> Result<(), E2eError> {
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    fn issuer_and_subject(pem: &str) -> (String, String) {
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).unwrap();
+        (cert.issuer().to_string(), cert.subject().to_string())
+    }
+
+    #[test]
+    fn impostor_ca_has_the_real_name_but_not_the_key() {
+        let pki = Pki::new().unwrap();
+        let real = pki.client("alice").unwrap();
+        let fake = pki.foreign_client("alice").unwrap();
+        let (real_issuer, real_subject) = issuer_and_subject(&real.cert_pem);
+        let (fake_issuer, fake_subject) = issuer_and_subject(&fake.cert_pem);
+        assert_eq!(real_issuer, fake_issuer);
+        assert_eq!(real_subject, fake_subject);
+        assert_ne!(real.cert_pem, fake.cert_pem);
+        // The set's own files are in the certs tool's layout, and the folder is traversable.
+        assert!(pki.paths().broker_key.is_file());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(pki.dir()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o755, 0o755);
+        }
+    }
 }

@@ -1,0 +1,223 @@
+//! Commands end to end: WebSocket client -> bridge -> Mosquitto -> simulated device and back,
+//! with every status in order, the new state fanned out to every subscriber, and the failure
+//! answers (rejected, unknown device, offline).
+
+use std::time::{Duration, Instant};
+
+use device_sim::Kind;
+use e2e::{E2eError, TestEnv, WsClient};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn set(req: &str, device: &str, params: Value) -> Value {
+    json!({"type": "command", "req": req, "device": device, "action": "set", "params": params})
+}
+
+fn is_status(req: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |m: &Value| m["type"] == "command_status" && m["req"] == req
+}
+
+fn is_state<'a>(device: &'a str, key: &'a str, value: Value) -> impl Fn(&Value) -> bool + 'a {
+    move |m: &Value| m["type"] == "state" && m["device"] == device && m["state"][key] == value
+}
+
+/// The statuses of one request until its final one, in arrival order.
+async fn statuses(client: &mut WsClient, req: &str) -> Result<Vec<Value>, E2eError> {
+    let mut all = Vec::new();
+    loop {
+        let msg = client.recv_until(is_status(req), WAIT).await?;
+        let last = !matches!(msg["status"].as_str(), Some("accepted" | "sent"));
+        all.push(msg);
+        if last {
+            return Ok(all);
+        }
+    }
+}
+
+fn names(statuses: &[Value]) -> Vec<&str> {
+    statuses
+        .iter()
+        .filter_map(|s| s["status"].as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_command_reaches_the_device_and_every_subscriber_sees_the_new_state(
+) -> Result<(), E2eError> {
+    let env = TestEnv::new().devices(5).start().await?;
+    let light = env.ids_of(Kind::Light)[0].clone();
+    let mut alice = env.connect("alice").await?;
+    let mut bob = env.connect("bob").await?;
+    alice.subscribe(&[&light], "sa", WAIT).await?;
+    bob.subscribe(&["*"], "sb", WAIT).await?;
+
+    // Start from "off" so the "on" state below can only come from the command under test.
+    alice.send(&set("c0", &light, json!({"on": false}))).await?;
+    assert_eq!(
+        names(&statuses(&mut alice, "c0").await?),
+        ["accepted", "sent", "ok"]
+    );
+    bob.recv_until(is_state(&light, "on", json!(false)), WAIT)
+        .await?;
+    alice
+        .recv_until(is_state(&light, "on", json!(false)), WAIT)
+        .await?;
+    alice.take_backlog();
+    bob.take_backlog();
+
+    alice.send(&set("c1", &light, json!({"on": true}))).await?;
+    let c1 = statuses(&mut alice, "c1").await?;
+    assert_eq!(names(&c1), ["accepted", "sent", "ok"], "{c1:?}");
+    let id = c1[0]["id"].as_str().unwrap_or_default();
+    assert!(!id.is_empty());
+    for status in &c1 {
+        assert_eq!(status["req"], "c1");
+        assert_eq!(status["device"], light.as_str());
+        assert_eq!(status["id"], id, "one command id throughout: {c1:?}");
+    }
+    assert_eq!(
+        c1[2]["result"]["on"], true,
+        "the ack's result is the new state"
+    );
+
+    for (who, client) in [("alice", &mut alice), ("bob", &mut bob)] {
+        let state = client
+            .recv_until(is_state(&light, "on", json!(true)), WAIT)
+            .await?;
+        assert!(state["ts"].is_i64(), "{who}: {state}");
+    }
+    // Bob asked for nothing: he sees the state, never the requester's statuses.
+    assert!(bob.backlog().all(|m| m["type"] != "command_status"));
+
+    let device = env.device(&light).expect("the light is part of the fleet");
+    assert_eq!(
+        device.state()["on"],
+        true,
+        "the device itself says it is on"
+    );
+    assert_eq!(device.commands_handled(), 2);
+    env.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_params_are_rejected_with_the_devices_reason() -> Result<(), E2eError> {
+    let env = TestEnv::new()
+        .devices(2)
+        .kinds(&[Kind::Light])
+        .start()
+        .await?;
+    let light = env.ids_of(Kind::Light)[0].clone();
+    let device = env.device(&light).expect("the light is part of the fleet");
+    let before = device.state();
+    let mut client = env.connect("alice").await?;
+
+    client
+        .send(&set("r1", &light, json!({"brightness": 500})))
+        .await?;
+    let r1 = statuses(&mut client, "r1").await?;
+    assert_eq!(names(&r1), ["accepted", "sent", "rejected"], "{r1:?}");
+    let reason = r1[2]["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("brightness") && reason.contains("between 0 and 100"),
+        "the device's own reason: {reason:?}"
+    );
+    assert_eq!(device.state(), before, "a rejected command changes nothing");
+    env.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_to_an_unknown_device_is_an_error() -> Result<(), E2eError> {
+    let env = TestEnv::new().devices(1).start().await?;
+    let mut client = env.connect("alice").await?;
+    let answer = client
+        .request(&set("u1", "no-such-device", json!({"on": true})), WAIT)
+        .await?;
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert_eq!(answer["code"], "unknown_device", "{answer}");
+    // Nothing else for that request follows.
+    let ping = client
+        .request(&json!({"type": "ping", "req": "p1"}), WAIT)
+        .await?;
+    assert_eq!(ping["type"], "pong");
+    assert!(client.backlog().all(|m| m["req"] != "u1"));
+    env.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_device_goes_offline_and_commands_to_it_answer_offline_at_once(
+) -> Result<(), E2eError> {
+    let env = TestEnv::new()
+        .devices(2)
+        .kinds(&[Kind::Plug])
+        .start()
+        .await?;
+    let plug = env.ids_of(Kind::Plug)[0].clone();
+    let other = env.ids_of(Kind::Plug)[1].clone();
+    let mut client = env.connect("alice").await?;
+    let snapshot = client.subscribe(&["*"], "s1", WAIT).await?;
+    assert!(snapshot["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|d| d["presence"] == "online"));
+
+    let device = env.device(&plug).expect("the plug is part of the fleet");
+    let killed = Instant::now();
+    device.kill().await;
+    let presence = client
+        .recv_until(
+            |m| m["type"] == "presence" && m["device"] == plug.as_str(),
+            WAIT,
+        )
+        .await?;
+    assert_eq!(
+        presence["presence"], "offline",
+        "the will fired: {presence}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "offline took {:?}",
+        killed.elapsed()
+    );
+
+    let sent = Instant::now();
+    client.send(&set("k1", &plug, json!({"on": true}))).await?;
+    let k1 = statuses(&mut client, "k1").await?;
+    assert_eq!(
+        names(&k1),
+        ["offline"],
+        "no accepted before offline: {k1:?}"
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(device.commands_handled(), 0);
+
+    // The rest of the fleet is unaffected.
+    client.send(&set("k2", &other, json!({"on": true}))).await?;
+    assert_eq!(
+        names(&statuses(&mut client, "k2").await?),
+        ["accepted", "sent", "ok"]
+    );
+
+    // And the device comes back.
+    device.revive().await;
+    let back = client
+        .recv_until(
+            |m| {
+                m["type"] == "presence" && m["device"] == plug.as_str() && m["presence"] == "online"
+            },
+            WAIT,
+        )
+        .await?;
+    assert_eq!(back["presence"], "online");
+    client.send(&set("k3", &plug, json!({"on": true}))).await?;
+    assert_eq!(
+        names(&statuses(&mut client, "k3").await?),
+        ["accepted", "sent", "ok"]
+    );
+    env.shutdown().await
+}

@@ -1,0 +1,250 @@
+//! Failures the bridge must survive: a client sending garbage, the broker going away and
+//! coming back on the same port, and the bridge itself restarting.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use device_sim::Kind;
+use e2e::{E2eError, TestEnv, WsClient};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn broker(status: &'static str) -> impl Fn(&Value) -> bool {
+    move |m: &Value| m["type"] == "broker" && m["status"] == status
+}
+
+fn set_on(req: &str, device: &str) -> Value {
+    json!({"type": "command", "req": req, "device": device, "action": "set", "params": {"on": true}})
+}
+
+/// Reads until every device of the fleet has sent telemetry with a seq above `above` (for the
+/// devices it names); returns the seq seen per device.
+async fn latest_seq_of_every_device(
+    env: &TestEnv,
+    client: &mut WsClient,
+    above: &HashMap<String, u64>,
+) -> Result<HashMap<String, u64>, E2eError> {
+    let ids = env.fleet().ids();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    while seen.len() < ids.len() {
+        let msg = client
+            .recv_until(|m| m["type"] == "telemetry", WAIT)
+            .await?;
+        let id = msg["device"].as_str().unwrap_or_default().to_owned();
+        let seq = msg["seq"].as_u64().unwrap_or(0);
+        if let Some(floor) = above.get(&id) {
+            assert!(seq > *floor, "{id}: seq {seq} after {floor}");
+        }
+        seen.insert(id, seq);
+    }
+    Ok(seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_gets_an_error_and_the_connection_keeps_working() -> Result<(), E2eError>
+{
+    let env = TestEnv::new().devices(2).start().await?;
+    let mut client = env.connect("alice").await?;
+
+    for garbage in ["{not json", "[1,2,3]", "\"just a string\""] {
+        client.send_text(garbage).await?;
+        let answer = client.recv(WAIT).await?;
+        assert_eq!(answer["type"], "error", "{garbage}: {answer}");
+        assert_eq!(answer["code"], "bad_frame", "{garbage}: {answer}");
+        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // A well-formed request of an unknown type still gets its req echoed.
+    let unknown = client
+        .request(&json!({"type": "dance", "req": "d1"}), WAIT)
+        .await?;
+    assert_eq!(
+        (&unknown["type"], &unknown["code"]),
+        (&json!("error"), &json!("unknown_type"))
+    );
+
+    // Same connection, still in business.
+    let pong = client
+        .request(&json!({"type": "ping", "req": "p1"}), WAIT)
+        .await?;
+    assert_eq!(pong["type"], "pong");
+    let list = client
+        .request(&json!({"type": "list", "req": "l1"}), WAIT)
+        .await?;
+    assert_eq!(list["type"], "list");
+    let mut listed: Vec<&str> = list["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    listed.sort_unstable();
+    let mut ids = env.fleet().ids();
+    ids.sort();
+    assert_eq!(listed, ids);
+    env.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_is_reported_and_telemetry_resumes() -> Result<(), E2eError> {
+    let mut env = TestEnv::new()
+        .devices(3)
+        .kinds(&[Kind::Plug, Kind::Sensor])
+        .telemetry_interval(Duration::from_millis(100))
+        .bridge_config(|c| {
+            c.broker.reconnect_min_ms = 50;
+            c.broker.reconnect_max_ms = 300;
+        })
+        .start()
+        .await?;
+    let plug = env.ids_of(Kind::Plug)[0].clone();
+    let mut client = env.connect("alice").await?;
+    client.subscribe(&["*"], "s1", WAIT).await?;
+    let before = latest_seq_of_every_device(&env, &mut client, &HashMap::new()).await?;
+    assert_eq!(env.get("/readyz").await?.status, 200);
+
+    env.mosquitto.stop().await?;
+    client.recv_until(broker("down"), WAIT).await?;
+    let down = env.get("/readyz").await?;
+    assert_eq!(down.status, 503, "{down:?}");
+    // While the link is down the bridge does not pretend to know presence, and commands fail fast.
+    let list = client
+        .request(&json!({"type": "list", "req": "l1"}), WAIT)
+        .await?;
+    assert!(
+        list["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|d| d["presence"] == "stale"),
+        "{list}"
+    );
+    let answer = client.request(&set_on("c1", &plug), WAIT).await?;
+    assert_eq!(
+        (&answer["type"], &answer["status"]),
+        (&json!("command_status"), &json!("offline")),
+        "{answer}"
+    );
+    // A client arriving now is told in its welcome.
+    let cert = env.client_cert("bob")?;
+    let mut late = WsClient::connect(
+        env.bridge.addr(),
+        &cert.cert_pem,
+        &cert.key_pem,
+        env.pki.ca_pem(),
+    )
+    .await?;
+    let welcome = late.recv(WAIT).await?;
+    assert_eq!(
+        (&welcome["type"], &welcome["broker"]),
+        (&json!("welcome"), &json!("down"))
+    );
+
+    env.mosquitto.restart().await?;
+    client.recv_until(broker("up"), WAIT).await?;
+    // Whatever was read before "up" predates the outage.
+    client.take_backlog();
+    late.recv_until(broker("up"), WAIT).await?;
+    env.wait_readyz(200, WAIT).await?;
+
+    // Devices reconnect on their own backoff; every device's telemetry reaches the same,
+    // still-open connection and continues its sequence.
+    latest_seq_of_every_device(&env, &mut client, &before).await?;
+    client.send(&set_on("c2", &plug)).await?;
+    let done = client
+        .recv_until(
+            |m| m["req"] == "c2" && !matches!(m["status"].as_str(), Some("accepted" | "sent")),
+            WAIT,
+        )
+        .await?;
+    assert_eq!(done["status"], "ok", "{done}");
+    env.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_bridge_rebuilds_every_device_from_the_broker() -> Result<(), E2eError> {
+    let mut env = TestEnv::new().devices(5).start().await?;
+    let mut client = env.connect("alice").await?;
+    client.subscribe(&["*"], "s1", WAIT).await?;
+
+    env.bridge.stop().await?;
+    // Shutdown says goodbye with a close frame instead of dropping the connection.
+    let end = client.recv_until(|_| false, WAIT).await;
+    assert!(matches!(end, Err(E2eError::Closed(_))), "{end:?}");
+
+    env.bridge.restart().await?;
+    env.wait_readyz(200, WAIT).await?;
+    // Retained meta/status/state arrive right after the broker's SubAck; wait for all of them.
+    env.wait_devices_online(WAIT).await?;
+    let mut client = env.connect("alice").await?;
+    let snapshot = client.subscribe(&["*"], "s2", WAIT).await?;
+    let devices = snapshot["devices"].as_array().cloned().unwrap_or_default();
+    assert_eq!(devices.len(), 5, "{snapshot}");
+    for d in &devices {
+        assert!(
+            d["meta"]["kind"].is_string(),
+            "meta from the retained message: {d}"
+        );
+        assert_eq!(d["presence"], "online", "{d}");
+        if d["meta"]["controls"]
+            .as_object()
+            .is_some_and(|c| !c.is_empty())
+        {
+            assert!(
+                d["state"].is_object(),
+                "state from the retained message: {d}"
+            );
+        }
+    }
+    env.shutdown().await
+}
+
+/// After a broker restart the bridge must not keep vouching for presence it knew before the
+/// outage: a device that never comes back is not `online`, and one that does is announced again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bridge keeps pre-outage presence: Hub::on_status dedups against it (see the e2e report)"]
+async fn presence_is_confirmed_again_after_a_broker_restart() -> Result<(), E2eError> {
+    let mut env = TestEnv::new()
+        .devices(2)
+        .kinds(&[Kind::Plug])
+        .bridge_config(|c| {
+            c.broker.reconnect_min_ms = 50;
+            c.broker.reconnect_max_ms = 300;
+        })
+        .start()
+        .await?;
+    let (gone, back) = (
+        env.ids_of(Kind::Plug)[0].clone(),
+        env.ids_of(Kind::Plug)[1].clone(),
+    );
+    let mut client = env.connect("alice").await?;
+    client.subscribe(&["*"], "s1", WAIT).await?;
+
+    env.mosquitto.stop().await?;
+    client.recv_until(broker("down"), WAIT).await?;
+    // This one dies with the broker and stays away; the shipped config keeps no retained state.
+    env.device(&gone).expect("part of the fleet").kill().await;
+    env.mosquitto.restart().await?;
+    client.recv_until(broker("up"), WAIT).await?;
+
+    let announced = client
+        .recv_until(
+            |m| m["type"] == "presence" && m["device"] == back.as_str(),
+            WAIT,
+        )
+        .await?;
+    assert_eq!(announced["presence"], "online");
+    let list = client
+        .request(&json!({"type": "list", "req": "l1"}), WAIT)
+        .await?;
+    let presence = |id: &str| {
+        list["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["id"] == id)
+            .map(|d| d["presence"].clone())
+    };
+    assert_ne!(presence(&gone), Some(json!("online")), "{list}");
+    env.shutdown().await
+}
