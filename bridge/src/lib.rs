@@ -45,6 +45,14 @@ use tracing::{info, warn};
 
 pub use config::Config;
 
+/// `0.1.0 (commit abc1234567)`: what `--version` prints and `welcome` carries.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("IOT_BRIDGE_COMMIT"),
+    ")"
+);
+
 /// Sockets bound by the caller (the binary, or a test on port 0).
 #[derive(Debug)]
 pub struct Listeners {

@@ -13,7 +13,7 @@ const EXIT_CONFIG: u8 = 64;
 
 /// Bridge between an MQTT broker and WebSocket clients, mutual TLS on both sides.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = iot_bridge::VERSION, about)]
 struct Cli {
     /// TOML config file (see bridge.example.toml).
     #[arg(short, long, env = "IOT_BRIDGE_CONFIG")]

@@ -229,7 +229,7 @@ impl Session {
         let (read, control) = (self.grants.read_patterns(), self.grants.control_patterns());
         let msg = ServerMsg::Welcome {
             protocol: protocol::PROTOCOL_VERSION,
-            server: format!("iot-bridge {}", env!("CARGO_PKG_VERSION")),
+            server: format!("iot-bridge {}", crate::VERSION),
             instance: &self.shared.instance,
             identity: &self.peer.identity,
             permissions: Permissions {
