@@ -236,17 +236,70 @@ test('a command the bridge never answers times out on the client after its grace
   assert.deepEqual([last.req, last.status, last.final], [req, 'timeout', true]);
 });
 
-test('history is only requested when the welcome announces it', async () => {
+test('history: asked when the bridge has it, never when its welcome or its answers say it has not', async () => {
   const { client, socket } = connected();
-  await assert.rejects(client.history('a', 'power'), /no history/);
-  assert.equal(socket.lastSent('history'), undefined);
-
-  client.welcome = { ...WELCOME, features: ['history'] };
-  const answer = client.history('a', 'power', { limit: 60 });
+  assert.equal(client.supports('history'), true, 'iotbridge.v1 lists history');
+  const answer = client.history('a', undefined, { limit: 60 });
   const sent = socket.lastSent('history');
-  assert.deepEqual({ ...sent, req: undefined }, { type: 'history', req: undefined, device: 'a', field: 'power', limit: 60 });
-  socket.deliver({ type: 'history', req: sent.req, device: 'a', field: 'power', points: [[1, 2]] });
-  assert.deepEqual((await answer).points, [[1, 2]]);
+  assert.deepEqual(sent, { type: 'history', req: sent.req, device: 'a', limit: 60 });
+  socket.deliver({ type: 'history', req: sent.req, device: 'a', samples: [{ seq: 4, ts: 1, data: { power: 2 } }] });
+  assert.deepEqual((await answer).samples[0].data, { power: 2 });
+
+  // A bridge build from before the request existed: one refusal and the client stops asking.
+  const refused = client.history('a', 'power');
+  socket.deliver({ type: 'error', req: socket.lastSent('history').req, code: 'unknown_type', message: 'unknown type "history"' });
+  await assert.rejects(refused, (e) => e.code === 'unknown_type');
+  assert.equal(client.supports('history'), false);
+  const count = socket.sent.filter((m) => m.type === 'history').length;
+  await assert.rejects(client.history('a', 'power'), /no history/);
+  assert.equal(socket.sent.filter((m) => m.type === 'history').length, count, 'nothing more was sent');
+
+  // A welcome that lists its features is taken at its word.
+  client.missing.clear();
+  client.welcome = { ...WELCOME, features: ['something_else'] };
+  assert.equal(client.supports('history'), false);
+  client.welcome = { ...WELCOME, features: ['history'] };
+  assert.equal(client.supports('history'), true);
+});
+
+test('a history request pending when the connection drops is rejected', async () => {
+  const { client, socket } = connected();
+  const answer = client.history('a');
+  socket.drop();
+  await assert.rejects(answer, /connection closed/);
+});
+
+test('with an epoch, resume names the last seq received per device; a recovered snapshot replays', () => {
+  const { factory, rec, clock } = connected({ devices: [], random: () => 0 });
+  const s1 = factory.last;
+  s1.deliver({ type: 'snapshot', req: 'late', devices: [device('a', 5), device('b', 0)], epoch: 'ep1', resume: 'tok' });
+  s1.deliver({ type: 'telemetry', device: 'a', seq: 6, ts: 2, data: { power: 1 } });
+  s1.deliver({ type: 'telemetry', device: 'a', seq: 7, ts: 3, data: { power: 2 } });
+  s1.drop();
+  clock.advance(250);
+  const s2 = factory.last;
+  s2.accept();
+  const sub = s2.lastSent('subscribe');
+  assert.deepEqual(sub.since, { epoch: 'ep1', seqs: { a: 7, b: 0 } });
+  s2.deliver({ type: 'snapshot', req: sub.req, devices: [{ ...device('a', 7), telemetry: undefined }, device('b', 0)], epoch: 'ep1', resume: 't2', recovered: true });
+  s2.deliver({ type: 'telemetry', device: 'a', seq: 8, ts: 4, data: { power: 3 } });
+  s2.deliver({ type: 'telemetry', device: 'a', seq: 9, ts: 5, data: { power: 4 } });
+  assert.deepEqual(rec.of('telemetry').map((e) => e.seq), [6, 7, 8, 9], 'each reading once, in order');
+  const snap = rec.of('snapshot').at(-1);
+  assert.deepEqual([snap.resumed, snap.recovered], [true, true]);
+});
+
+test('permissions, forbidden and rate-limited commands', () => {
+  const { client, socket, rec } = connected();
+  socket.deliver({ type: 'permissions', read: ['*'], control: ['light-*'] });
+  assert.deepEqual(rec.of('permissions')[0].control, ['light-*']);
+  const r1 = client.command('plug-1', { on: true });
+  socket.deliver({ type: 'error', req: r1, code: 'forbidden', message: 'tester may not control plug-1' });
+  const r2 = client.command('light-1', { on: true });
+  socket.deliver({ type: 'command_status', req: r2, id: 'i-9', device: 'light-1', status: 'rate_limited' });
+  const finals = rec.of('command').filter((e) => e.final);
+  assert.deepEqual(finals.map((e) => [e.req, e.status]), [[r1, 'forbidden'], [r2, 'rate_limited']]);
+  assert.equal(finals[0].error, 'tester may not control plug-1');
 });
 
 test('a listener that throws does not break the client', () => {

@@ -97,3 +97,9 @@ test('command status text says what happened', () => {
   assert.match(commandText({ status: 'timeout' }, spec, 0), /no answer/);
   assert.equal(commandText(undefined, spec, 0), '');
 });
+
+test('small and large readings keep meaningful digits', () => {
+  assert.equal(formatValue(0.0012, { type: 'float' }), '0.0012');
+  assert.equal(formatValue(0.2134, { type: 'float' }), '0.21');
+  assert.equal(formatValue(0, { type: 'float' }), '0');
+});

@@ -32,7 +32,7 @@ test('a snapshot creates devices; a fresh one replaces, a recovered one merges',
   assert.deepEqual(store.list().map((d) => d.id), ['b', 'a'], 'sorted by name, id when there is no name');
   const a = store.devices.get('a');
   assert.deepEqual(a.state, { on: true });
-  assert.deepEqual(a.series.get('power'), [3]);
+  assert.deepEqual(store.seriesValues(a, 'power'), [3]);
   assert.equal(a.receivedAt, 999_000, 'age comes from the bridge timestamp, not from the reconnect');
 
   store.applySnapshot({ devices: [{ id: 'c', presence: 'online' }], recovered: true });
@@ -40,7 +40,7 @@ test('a snapshot creates devices; a fresh one replaces, a recovered one merges',
 
   store.applySnapshot({ devices: [{ id: 'a', meta: META, presence: 'offline', state: { on: false }, telemetry: { power: 3 }, seq: 0, ts: 999_000 }], recovered: false });
   assert.deepEqual([...store.devices.keys()], ['a'], 'devices the bridge no longer reports are gone');
-  assert.deepEqual(store.devices.get('a').series.get('power'), [3], 'same reading is not charted twice');
+  assert.deepEqual(store.seriesValues(store.devices.get('a'), 'power'), [3], 'the same reading is not charted twice');
   assert.equal(store.devices.get('a').presence, 'offline');
 });
 
@@ -49,19 +49,49 @@ test('telemetry updates values and keeps a bounded series of numeric fields only
   store.applyDevice({ device: 'a', meta: META });
   for (let i = 1; i <= 7; i++) store.applyTelemetry({ device: 'a', seq: i, ts: i, data: { power: i, mode: 'a', extra: i * 10 } });
   const a = store.devices.get('a');
-  assert.deepEqual(a.series.get('power'), [3, 4, 5, 6, 7]);
-  assert.deepEqual(a.series.get('extra'), [30, 40, 50, 60, 70], 'numbers without meta are charted too');
+  assert.deepEqual(store.seriesValues(a, 'power'), [3, 4, 5, 6, 7]);
+  assert.deepEqual(store.seriesValues(a, 'extra'), [30, 40, 50, 60, 70], 'numbers without meta are charted too');
   assert.equal(a.series.has('mode'), false);
   assert.deepEqual(a.telemetry, { power: 7, mode: 'a', extra: 70 });
   assert.deepEqual(changes.at(-1), ['a']);
 });
 
-test('history fills in before live values, within the series length', () => {
+test('history joins the live points by seq: no repeats, oldest first, within the series length', () => {
   const { store } = setup();
   store.applyDevice({ device: 'a', meta: META });
-  store.applyTelemetry({ device: 'a', seq: 1, ts: 1, data: { power: 9 } });
-  store.fillSeries('a', 'power', [1, 2, null, 3, 4, 5]);
-  assert.deepEqual(store.devices.get('a').series.get('power'), [2, 3, 4, 5, 9]);
+  store.applyTelemetry({ device: 'a', seq: 10, ts: 10, data: { power: 10 } });
+  store.applyTelemetry({ device: 'a', seq: 11, ts: 11, data: { power: 11 } });
+  const samples = [6, 7, 8, 9, 10].map((seq) => ({ seq, ts: seq, data: { power: seq, mode: 'a' } }));
+  samples.push({ seq: 5, ts: 5, data: { power: null } }, { bad: true });
+  store.fillSeries('a', samples);
+  const a = store.devices.get('a');
+  assert.deepEqual(store.seriesValues(a, 'power'), [7, 8, 9, 10, 11]);
+  assert.equal(a.series.has('mode'), false);
+  // A late live reading that history already brought is not added again.
+  store.applyTelemetry({ device: 'a', seq: 11, ts: 11, data: { power: 11 } });
+  assert.deepEqual(store.seriesValues(a, 'power'), [7, 8, 9, 10, 11]);
+});
+
+test('after a restart the new stream continues the chart instead of sorting into it', () => {
+  const { store } = setup();
+  store.applySnapshot({ devices: [{ id: 'a', meta: META, presence: 'online', telemetry: { power: 1 }, seq: 500, ts: 1 }] });
+  store.applyTelemetry({ device: 'a', seq: 501, ts: 2, data: { power: 2 } });
+  store.applySnapshot({ devices: [{ id: 'a', meta: META, presence: 'online', telemetry: { power: 3 }, seq: 1, ts: 3 }], recovered: false });
+  store.applyTelemetry({ device: 'a', seq: 2, ts: 4, data: { power: 4 } });
+  store.fillSeries('a', [{ seq: 1, ts: 3, data: { power: 3 } }]);
+  assert.deepEqual(store.seriesValues(store.devices.get('a'), 'power'), [1, 2, 3, 4]);
+});
+
+test('control rights follow the bridge globs; unknown means allowed', () => {
+  const { store } = setup();
+  assert.equal(store.canControl('plug-1'), true);
+  store.setPermissions({ read: ['*'], control: ['light-*', 'blind-00?'] });
+  assert.equal(store.canControl('light-12'), true);
+  assert.equal(store.canControl('blind-001'), true);
+  assert.equal(store.canControl('blind-0012'), false);
+  assert.equal(store.canControl('plug-1'), false);
+  store.setPermissions({ read: ['*'], control: [] });
+  assert.equal(store.canControl('light-1'), false);
 });
 
 test('state, presence and device messages; removal drops the device', () => {

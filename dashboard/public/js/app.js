@@ -2,7 +2,6 @@
 
 import { BridgeClient } from './client.js';
 import { DeviceStore, SERIES_LENGTH } from './store.js';
-import { isNumericType } from './format.js';
 import { DashboardView } from './view.js';
 
 /** The WebSocket endpoint on this page's own origin (same origin: the browser reuses the client certificate). */
@@ -25,20 +24,18 @@ const view = new DashboardView(window, store, {
 });
 
 /**
- * Fills the sparklines of these devices from the bridge's stored history. The only place that
- * asks for history; it does nothing on bridges whose welcome does not list the `history` feature.
+ * Fills the sparklines of these devices from the bridge's stored telemetry: one `history`
+ * request per device, all fields at once. The only place that asks for history; it does
+ * nothing on a bridge that does not have it (the client knows from the welcome).
  */
-function fillHistory(devices) {
-  if (!client.supports('history')) return;
-  for (const d of devices) {
-    for (const [field, spec] of Object.entries(d.meta?.telemetry ?? {})) {
-      if (!isNumericType(spec?.type)) continue;
-      client.history(d.id, field, { limit: SERIES_LENGTH })
-        .then((msg) => store.fillSeries(d.id, field, (msg.points ?? []).map((p) => (Array.isArray(p) ? p[1] : p?.value))))
-        .catch(() => {
-          // A sparkline without history still fills from live values.
-        });
-    }
+function fillHistory(ids) {
+  for (const id of ids) {
+    if (!client.supports('history')) return;
+    client.history(id, undefined, { limit: SERIES_LENGTH })
+      .then((msg) => store.fillSeries(id, msg.samples))
+      .catch(() => {
+        // Without history a sparkline still fills from live values.
+      });
   }
 }
 
@@ -46,18 +43,22 @@ client.on('connection', (evt) => {
   store.setConnection(evt.state);
   view.connection(evt);
 });
-client.on('welcome', (msg) => view.welcome(msg));
+client.on('welcome', (msg) => {
+  view.welcome(msg);
+  store.setPermissions(msg.permissions);
+});
+client.on('permissions', (msg) => store.setPermissions(msg));
 client.on('broker', (msg) => store.setBroker(msg.status));
 client.on('snapshot', (snap) => {
   store.applySnapshot(snap);
-  if (snap.recovered !== true) fillHistory(snap.devices);
+  // A recovered resume replays what was missed; otherwise the charts have a gap to fill.
+  if (snap.recovered !== true) fillHistory(snap.devices.map((d) => d.id));
 });
 client.on('telemetry', (msg) => store.applyTelemetry(msg));
 client.on('state', (msg) => store.applyState(msg));
 client.on('presence', (msg) => store.applyPresence(msg));
 client.on('device', (msg) => {
   store.applyDevice(msg);
-  if (!msg.removed && msg.meta) fillHistory([{ id: msg.device, meta: msg.meta }]);
 });
 client.on('command', (evt) => store.applyCommand(evt));
 client.on('lagging', (msg) => view.notify(`This page fell behind; ${msg.conflated} older readings were skipped.`));

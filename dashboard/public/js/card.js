@@ -27,6 +27,16 @@ export function telemetryFields(device) {
   return [...described, ...extra];
 }
 
+/** Switches first (the usual main action), then choices, then numbers, then anything else. */
+const CONTROL_ORDER = { bool: 0, enum: 1, int: 2, float: 2 };
+
+export function orderedControls(controls) {
+  const entries = Object.entries(controls && typeof controls === 'object' ? controls : {});
+  const rank = ([, spec]) => CONTROL_ORDER[spec?.type] ?? 3;
+  // Array.prototype.sort is stable: within a rank, meta order stays.
+  return entries.sort((a, b) => rank(a) - rank(b));
+}
+
 export class DeviceCard {
   constructor(doc, device, { send, seriesLength }) {
     this.doc = doc;
@@ -60,7 +70,7 @@ export class DeviceCard {
     head.append(icon, titles, this.badge);
 
     this.metricList = el(doc, 'dl', { class: 'metrics' });
-    const controls = Object.entries(meta.controls && typeof meta.controls === 'object' ? meta.controls : {});
+    const controls = orderedControls(meta.controls);
     this.controlBox = el(doc, 'div', { class: 'controls', role: 'group', 'aria-label': `Controls of ${name}` });
     for (const [cname, spec] of controls) {
       const control = createControl(doc, {
@@ -72,6 +82,8 @@ export class DeviceCard {
       this.controls.set(cname, control);
       this.controlBox.append(control.el);
     }
+    this.readonly = el(doc, 'p', { class: 'readonly-note', hidden: '' }, 'Read only: your certificate may not control this device.');
+    this.controlBox.prepend(this.readonly);
     this.foot = el(doc, 'p', { class: 'card-foot' });
     this.el.append(head, this.metricList);
     if (controls.length > 0) this.el.append(this.controlBox);
@@ -103,7 +115,7 @@ export class DeviceCard {
     return m;
   }
 
-  update(device, condition, now) {
+  update(device, condition, now, controllable = true) {
     this.el.dataset.condition = condition.status;
     this.badge.dataset.condition = condition.status;
     const label = CONDITION_LABELS[condition.status] ?? condition.status;
@@ -116,7 +128,7 @@ export class DeviceCard {
       const text = formatValue(device.telemetry?.[field], m.spec);
       if (m.num.textContent !== text) m.num.textContent = text;
       if (m.spark) {
-        const series = device.series.get(field) ?? [];
+        const series = (device.series.get(field) ?? []).map((p) => p.v);
         updateSparkline(m.spark, series, this.seriesLength);
         m.summary.textContent = series.length > 1
           ? `Recent values from ${formatValue(Math.min(...series), m.spec)} to ${formatValue(Math.max(...series), m.spec)}${m.spec.unit ? ` ${m.spec.unit}` : ''}.`
@@ -126,8 +138,10 @@ export class DeviceCard {
     this.metricList.hidden = this.metrics.size === 0;
 
     for (const [name, control] of this.controls) {
+      control.setEnabled(controllable);
       control.update(device.state?.[name], device.commands.get(name), now);
     }
+    this.readonly.hidden = controllable;
 
     const updated = device.receivedAt !== null ? `Updated ${relativeTime(device.receivedAt, now)}` : this.metrics.size ? 'No data yet' : '';
     const foot = condition.status === 'online' || !condition.reason ? updated : `${condition.reason}${updated ? ` ${updated}.` : ''}`;

@@ -5,7 +5,9 @@
 // `(url, protocols) => new WebSocket(url, protocols)`.
 //
 // What it does for the page:
-// - subscribes on every (re)connect, passing the last `resume` token as `since`;
+// - subscribes on every (re)connect with `since`: the bridge's epoch and the last telemetry seq
+//   it delivered per device (or, from a bridge that sends no epoch, its last `resume` token), so
+//   a short drop is replayed without gaps;
 // - drops telemetry it has already seen (per-device `seq`), so nothing is shown twice;
 // - reconnects by itself with exponential backoff and jitter, and notices a dead connection
 //   with an application-level `ping` (browsers cannot send WebSocket pings);
@@ -15,7 +17,9 @@
 export const SUBPROTOCOL = 'iotbridge.v1.json';
 
 /** Command statuses after which nothing more is said about a command. */
-export const FINAL_STATUSES = new Set(['ok', 'rejected', 'timeout', 'offline', 'forbidden', 'error', 'lost']);
+export const FINAL_STATUSES = new Set(['ok', 'rejected', 'timeout', 'offline', 'forbidden', 'rate_limited', 'error', 'lost']);
+/** `error` codes that answer a command with a status of the same name rather than a generic error. */
+const COMMAND_ERROR_STATUSES = new Set(['forbidden', 'rate_limited']);
 
 export const DEFAULT_BACKOFF = Object.freeze({ initialMs: 500, maxMs: 15000, factor: 2 });
 export const DEFAULT_HEARTBEAT = Object.freeze({ intervalMs: 20000 });
@@ -44,6 +48,8 @@ export const systemClock = {
 
 // WebSocket readyState values; named here because a fake socket may not define the constants.
 const OPEN = 1;
+/** Optional requests that docs/protocol.md lists for iotbridge.v1. */
+const V1_REQUESTS = new Set(['history']);
 
 export class BridgeClient {
   /**
@@ -78,7 +84,10 @@ export class BridgeClient {
     this.nextReq = 1;
 
     this.welcome = null;
+    this.epoch = null;
     this.resumeToken = null;
+    /** Optional features an older bridge turned out not to have (it answered `unknown_type`). */
+    this.missing = new Set();
     this.subscribeReq = null;
     this.sentSince = null;
     /** Last telemetry seq seen per device; anything at or below it is a repeat. */
@@ -132,10 +141,22 @@ export class BridgeClient {
     this.open();
   }
 
-  /** Whether the bridge announced an optional feature in its welcome (`features: [...]`). */
+  /**
+   * Whether the bridge has an optional request (`history`). A welcome that lists `features` is
+   * authoritative; otherwise iotbridge.v1 includes it, unless this bridge already answered it
+   * with `unknown_type` (a build from before the request existed).
+   */
   supports(feature) {
-    const features = this.welcome?.features;
-    return Array.isArray(features) && features.includes(feature);
+    if (!this.welcome || this.missing.has(feature)) return false;
+    const features = this.welcome.features;
+    if (Array.isArray(features)) return features.includes(feature);
+    return this.welcome.protocol === 'iotbridge.v1' && V1_REQUESTS.has(feature);
+  }
+
+  /** The `since` of a resubscribe: what this page actually received, else the last token. */
+  resumePoint() {
+    if (this.epoch !== null) return { epoch: this.epoch, seqs: Object.fromEntries(this.lastSeq) };
+    return this.resumeToken;
   }
 
   get connected() {
@@ -164,9 +185,9 @@ export class BridgeClient {
   onSocketOpen(socket) {
     if (socket !== this.socket) return;
     this.subscribeReq = this.req('s');
-    this.sentSince = this.resumeToken;
+    this.sentSince = this.resumePoint();
     const msg = { type: 'subscribe', req: this.subscribeReq, devices: this.patterns };
-    if (this.resumeToken) msg.since = this.resumeToken;
+    if (this.sentSince !== null) msg.since = this.sentSince;
     this.send(msg);
     this.startHeartbeat();
   }
@@ -213,6 +234,7 @@ export class BridgeClient {
         break;
       case 'state':
       case 'presence':
+      case 'permissions':
       case 'broker':
       case 'lagging':
       case 'unsubscribed':
@@ -239,6 +261,7 @@ export class BridgeClient {
   onSnapshot(msg) {
     const ours = msg.req === undefined || msg.req === this.subscribeReq;
     if (typeof msg.resume === 'string') this.resumeToken = msg.resume;
+    if (typeof msg.epoch === 'string') this.epoch = msg.epoch;
     const devices = Array.isArray(msg.devices) ? msg.devices : [];
     // A replayed resume keeps the seqs we hold; anything else restarts the count from the snapshot.
     if (msg.recovered !== true) this.lastSeq.clear();
@@ -384,26 +407,31 @@ export class BridgeClient {
 
   onError(msg) {
     if (msg.req !== undefined && this.pending.has(msg.req)) {
-      this.finish(msg.req, { status: 'error', error: msg.message ?? msg.code });
+      const status = COMMAND_ERROR_STATUSES.has(msg.code) ? msg.code : 'error';
+      this.finish(msg.req, { status, error: msg.message ?? msg.code });
       return;
     }
     const waiter = msg.req !== undefined ? this.historyWaiters.get(msg.req) : undefined;
     if (waiter) {
       this.historyWaiters.delete(msg.req);
-      waiter.reject(new Error(msg.message ?? msg.code));
+      if (msg.code === 'unknown_type') this.missing.add('history');
+      const error = new Error(msg.message ?? msg.code);
+      error.code = msg.code;
+      waiter.reject(error);
       return;
     }
     this.emit('error', msg);
   }
 
   /**
-   * Asks for stored values of one telemetry field. Only for bridges whose welcome lists the
-   * `history` feature; resolves with the `history` message.
+   * Asks for a device's recent telemetry (one field, or all when `field` is undefined); resolves
+   * with the `history` message `{device, field, samples: [{seq, ts, data}]}`, oldest first.
    */
   history(device, field, { from, to, limit } = {}) {
     if (!this.supports('history')) return Promise.reject(new Error('this bridge has no history'));
     const req = this.req('h');
-    const msg = { type: 'history', req, device, field };
+    const msg = { type: 'history', req, device };
+    if (field !== undefined) msg.field = field;
     if (from !== undefined) msg.from = from;
     if (to !== undefined) msg.to = to;
     if (limit !== undefined) msg.limit = limit;

@@ -32,7 +32,9 @@ export function commandText(cmd, spec, now) {
     case 'timeout':
       return cmd.error ? `Timed out: ${cmd.error}` : 'Timed out: no answer from the device';
     case 'forbidden':
-      return 'Not allowed for your identity';
+      return 'Not allowed: your certificate may not control this device';
+    case 'rate_limited':
+      return 'Not sent: too many commands, try again in a moment';
     case 'lost':
       return 'Connection lost before the answer; showing the reported state';
     case 'error':
@@ -70,21 +72,29 @@ class Control {
     this.status = el(doc, 'p', { class: 'cmd-status', id: this.statusId, role: 'status', 'aria-live': 'polite' });
   }
 
-  /** The visible label, plus the device name for screen readers moving from control to control. */
-  labelEl(tag, attrs) {
-    const label = el(this.doc, tag, attrs, this.label);
-    if (this.deviceName) label.append(el(this.doc, 'span', { class: 'vh' }, `, ${this.deviceName}`));
-    return label;
+  /**
+   * The accessible name: the visible label first (so voice control finds it by what it sees),
+   * then the device, for screen-reader users moving from control to control across cards.
+   */
+  accessibleName() {
+    return `${this.label}${this.suffix()}`;
   }
 
   head(withOutput = true) {
     const head = el(this.doc, 'div', { class: 'control-head' });
-    head.append(this.labelEl('label', { id: this.labelId, for: this.inputId }));
+    head.append(el(this.doc, 'label', { id: this.labelId, for: this.inputId }, this.label));
     if (withOutput) {
       this.output = el(this.doc, 'output', { class: 'reported', for: this.inputId });
       head.append(this.output);
     }
     return head;
+  }
+
+  /** Turns every input of the control on or off (an identity without the right to control). */
+  setEnabled(enabled) {
+    if (this.enabled === enabled) return;
+    this.enabled = enabled;
+    for (const node of this.el.querySelectorAll('button, input, select')) node.disabled = !enabled;
   }
 
   /** Sends `value` now; the draft stays until that command ends. */
@@ -140,10 +150,10 @@ class Control {
 class SwitchControl extends Control {
   build() {
     const doc = this.doc;
-    this.el.append(this.labelEl('span', { class: 'control-label', id: this.labelId }));
+    this.el.append(el(doc, 'span', { class: 'control-label', id: this.labelId, 'aria-hidden': 'true' }, this.label));
     this.button = el(doc, 'button', {
       type: 'button', role: 'switch', id: this.inputId, class: 'switch',
-      'aria-checked': 'false', 'aria-labelledby': this.labelId, 'aria-describedby': this.statusId,
+      'aria-checked': 'false', 'aria-label': this.accessibleName(), 'aria-describedby': this.statusId,
     });
     const track = el(doc, 'span', { class: 'switch-track', 'aria-hidden': 'true' });
     track.append(el(doc, 'span', { class: 'switch-thumb' }));
@@ -181,6 +191,7 @@ class RangeControl extends Control {
     this.plus = el(doc, 'button', { type: 'button', class: 'step-btn', 'aria-label': `Increase ${this.label.toLowerCase()}${this.suffix()}` }, '+');
     this.input = el(doc, 'input', {
       type: 'range', id: this.inputId, min, max, step: this.step, 'aria-describedby': this.statusId,
+      'aria-label': this.accessibleName(),
     });
     this.input.addEventListener('input', () => {
       this.draft = snapToStep(this.input.value, { ...this.spec, step: this.step });
@@ -211,8 +222,8 @@ class RangeControl extends Control {
     const text = this.outputText();
     if (this.output.textContent !== text) this.output.textContent = text;
     const at = shown ?? this.spec.min;
-    this.minus.disabled = at <= this.spec.min;
-    this.plus.disabled = at >= this.spec.max;
+    this.minus.disabled = this.enabled === false || at <= this.spec.min;
+    this.plus.disabled = this.enabled === false || at >= this.spec.max;
   }
 }
 
@@ -224,7 +235,7 @@ class FieldControl extends Control {
     this.el.append(this.head());
     const form = el(doc, 'form', { class: 'field-row' });
     this.input = el(doc, 'input', {
-      id: this.inputId, 'aria-describedby': this.statusId, autocomplete: 'off',
+      id: this.inputId, 'aria-describedby': this.statusId, 'aria-label': this.accessibleName(), autocomplete: 'off',
       type: numeric ? 'number' : 'text',
       inputmode: numeric ? (this.spec.type === 'int' ? 'numeric' : 'decimal') : undefined,
       step: numeric ? (this.spec.step ?? (this.spec.type === 'int' ? 1 : 'any')) : undefined,
@@ -265,7 +276,7 @@ class SelectControl extends Control {
   build() {
     const doc = this.doc;
     this.el.append(this.head(false));
-    this.select = el(doc, 'select', { id: this.inputId, 'aria-describedby': this.statusId });
+    this.select = el(doc, 'select', { id: this.inputId, 'aria-describedby': this.statusId, 'aria-label': this.accessibleName() });
     this.unknownOption = el(doc, 'option', { value: '', disabled: '' }, 'Unknown');
     this.select.append(this.unknownOption);
     for (const choice of this.spec.choices ?? []) {

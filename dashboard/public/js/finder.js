@@ -4,6 +4,13 @@ import { humanize } from './format.js';
 
 export const GROUPINGS = ['none', 'kind', 'room'];
 
+/** Device glob as the bridge reads it: `*` any run of characters, `?` exactly one. */
+export function globMatch(pattern, id) {
+  if (typeof pattern !== 'string' || typeof id !== 'string') return false;
+  const source = pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+  return new RegExp(`^${source}$`).test(id);
+}
+
 /** Every word of the query must appear in the device's name, id, kind, room or condition. */
 export function matches(device, query, condition = '') {
   const words = String(query ?? '').toLowerCase().split(/\s+/).filter(Boolean);

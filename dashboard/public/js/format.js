@@ -23,8 +23,14 @@ export function stepDecimals(step) {
 export function formatNumber(value, spec = {}) {
   if (typeof value !== 'number' || !Number.isFinite(value)) return '—';
   if (spec.type === 'int' || Number.isInteger(value)) return String(Math.round(value));
-  const decimals = stepDecimals(spec.step) ?? (Math.abs(value) >= 100 ? 0 : Math.abs(value) >= 10 ? 1 : 2);
-  return value.toFixed(decimals);
+  const fixed = stepDecimals(spec.step);
+  if (fixed !== null) return value.toFixed(fixed);
+  const abs = Math.abs(value);
+  if (abs >= 100) return value.toFixed(0);
+  if (abs >= 10) return value.toFixed(1);
+  if (abs >= 1) return value.toFixed(2);
+  // Small readings (a fresh energy counter) keep two significant digits instead of showing 0.00.
+  return String(Number(value.toPrecision(2)));
 }
 
 /** Text for a telemetry value or a control's reported value, without its unit. */

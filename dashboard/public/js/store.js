@@ -1,11 +1,13 @@
 // What the page knows about every device, built only from what the bridge said. Pure, no DOM.
 //
 // The store applies protocol messages, keeps a short series per numeric telemetry field for the
-// sparklines, remembers the latest command per control, and decides how a device should be
-// shown (online, offline, stale, unknown) from its presence, the age of its data and the health
-// of the two links in between (page <-> bridge, bridge <-> broker).
+// sparklines (points carry the telemetry `seq`, so history and live values merge without
+// repeats), remembers the latest command per control, and decides how a device should be shown
+// (online, offline, stale, unknown) from its presence, the age of its data and the health of the
+// two links in between (page <-> bridge, bridge <-> broker).
 
 import { isNumericType } from './format.js';
+import { globMatch } from './finder.js';
 
 export const SERIES_LENGTH = 60;
 /** Data older than this is never called fresh, whatever the device's usual pace. */
@@ -23,6 +25,8 @@ export class DeviceStore {
     this.connection = 'connecting';
     /** 'up' | 'down' | 'unknown': the bridge's link to the broker. */
     this.broker = 'unknown';
+    /** `{read, control}` glob lists from the bridge; null until the welcome says. */
+    this.permissions = null;
     this.listeners = new Set();
   }
 
@@ -54,6 +58,13 @@ export class DeviceStore {
    * survive for devices that are still there, so a reconnect does not blank the charts.
    */
   applySnapshot({ devices, recovered }) {
+    if (recovered !== true) {
+      // A new stream (often a restarted bridge numbering from 1 again): keep the charted points
+      // in their order, but below any seq the new stream can have.
+      for (const d of this.devices.values()) {
+        for (const points of d.series.values()) points.forEach((p, i) => { p.seq = i - points.length; });
+      }
+    }
     const seen = new Set();
     for (const view of devices) {
       if (typeof view?.id !== 'string') continue;
@@ -63,9 +74,9 @@ export class DeviceStore {
       d.presence = view.presence ?? 'unknown';
       d.state = { ...(view.state ?? {}) };
       if (view.telemetry) {
-        const fresh = view.ts !== d.telemetryTs;
+        // The same reading we already hold (nothing new while we were away) is not charted twice.
+        if (view.ts !== d.telemetryTs) this.pushSeries(d, view.telemetry, view.seq);
         d.telemetry = { ...view.telemetry };
-        if (fresh) this.pushSeries(d, view.telemetry);
         d.telemetryTs = view.ts ?? d.telemetryTs;
         // The bridge's timestamp, not ours: a reconnect must not make old data look new.
         d.receivedAt = typeof view.ts === 'number' ? Math.min(view.ts, this.now()) : d.receivedAt;
@@ -77,7 +88,7 @@ export class DeviceStore {
     this.changed(null);
   }
 
-  applyTelemetry({ device, ts, data }) {
+  applyTelemetry({ device, seq, ts, data }) {
     if (!data || typeof data !== 'object') return;
     const d = this.record(device);
     const now = this.now();
@@ -90,29 +101,59 @@ export class DeviceStore {
     d.receivedAt = now;
     // Telemetry proves the device is talking, unless the bridge says its broker link is down.
     if (d.presence === 'unknown') d.presence = 'online';
-    this.pushSeries(d, data);
+    this.pushSeries(d, data, seq);
     this.changed(new Set([device]));
   }
 
-  pushSeries(d, data) {
+  /** Adds one reading per numeric field; a seq already charted is not charted twice. */
+  pushSeries(d, data, seq) {
     for (const [field, value] of Object.entries(data)) {
       if (typeof value !== 'number' || !Number.isFinite(value)) continue;
       const type = d.meta?.telemetry?.[field]?.type;
       if (type && !isNumericType(type)) continue;
-      let s = d.series.get(field);
-      if (!s) d.series.set(field, (s = []));
-      s.push(value);
-      if (s.length > this.seriesLength) s.splice(0, s.length - this.seriesLength);
+      let points = d.series.get(field);
+      if (!points) d.series.set(field, (points = []));
+      const last = points.at(-1);
+      if (typeof seq === 'number' && last && seq <= last.seq) {
+        if (!points.some((p) => p.seq === seq)) this.mergePoints(points, [{ seq, v: value }]);
+        continue;
+      }
+      points.push({ seq: typeof seq === 'number' ? seq : (last?.seq ?? 0) + 1e-6, v: value });
+      if (points.length > this.seriesLength) points.splice(0, points.length - this.seriesLength);
     }
   }
 
-  /** History from the bridge goes before the live values already collected. */
-  fillSeries(device, field, values) {
+  mergePoints(points, extra) {
+    const bySeq = new Map(points.map((p) => [p.seq, p]));
+    for (const p of extra) if (!bySeq.has(p.seq)) bySeq.set(p.seq, p);
+    const merged = [...bySeq.values()].sort((a, b) => a.seq - b.seq).slice(-this.seriesLength);
+    points.splice(0, points.length, ...merged);
+  }
+
+  /** The values to chart for one field, oldest first. */
+  seriesValues(d, field) {
+    return (d.series.get(field) ?? []).map((p) => p.v);
+  }
+
+  /** Stored samples from the bridge's `history` (`[{seq, ts, data}]`) join the live points by seq. */
+  fillSeries(device, samples) {
     const d = this.devices.get(device);
-    if (!d) return;
-    const live = d.series.get(field) ?? [];
-    const older = values.filter((v) => typeof v === 'number' && Number.isFinite(v));
-    d.series.set(field, [...older, ...live].slice(-this.seriesLength));
+    if (!d || !Array.isArray(samples)) return;
+    const perField = new Map();
+    for (const sample of samples) {
+      if (typeof sample?.seq !== 'number' || !sample.data || typeof sample.data !== 'object') continue;
+      for (const [field, v] of Object.entries(sample.data)) {
+        if (typeof v !== 'number' || !Number.isFinite(v)) continue;
+        const type = d.meta?.telemetry?.[field]?.type;
+        if (type && !isNumericType(type)) continue;
+        if (!perField.has(field)) perField.set(field, []);
+        perField.get(field).push({ seq: sample.seq, v });
+      }
+    }
+    for (const [field, points] of perField) {
+      if (!d.series.has(field)) d.series.set(field, []);
+      this.mergePoints(d.series.get(field), points);
+    }
     this.changed(new Set([device]));
   }
 
@@ -153,6 +194,18 @@ export class DeviceStore {
       }
     }
     this.changed(new Set([evt.device]));
+  }
+
+  setPermissions(permissions) {
+    this.permissions = permissions && typeof permissions === 'object' ? permissions : null;
+    this.changed(null);
+  }
+
+  /** Whether this identity may send commands to the device (true until the bridge says otherwise). */
+  canControl(id) {
+    const control = this.permissions?.control;
+    if (!Array.isArray(control)) return true;
+    return control.some((pattern) => globMatch(pattern, id));
   }
 
   setBroker(status) {

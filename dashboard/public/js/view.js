@@ -125,7 +125,7 @@ export class DashboardView {
       } else if (dirty !== null && !dirty.has(d.id)) {
         continue;
       }
-      card.update(d, conditions.get(d.id), now);
+      card.update(d, conditions.get(d.id), now, this.store.canControl(d.id));
     }
     for (const [id, card] of this.cards) {
       if (!this.store.devices.has(id)) {
@@ -167,6 +167,7 @@ export class DashboardView {
       section.append(grid);
       return section;
     });
+    this.ui.groups.dataset.grouping = this.grouping;
     this.ui.groups.replaceChildren(...sections.filter((s) => s.querySelector('.card')));
   }
 

@@ -1,0 +1,301 @@
+// Browser tests: headless Chromium against a real bridge, Mosquitto and simulated devices.
+// The tests run in order and share one page, like a person keeping the dashboard open while the
+// fleet lives, a command is refused, a device dies, the bridge restarts and the broker goes away.
+
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+import { CHROMIUM_ARGS, chromiumPath } from './browser.js';
+import { decodePayload } from './cbor.js';
+import { AQUARIUM_ID, runAquarium } from './fake-device.js';
+import { RESULTS, Stack, sleep, waitFor } from './stack.js';
+
+const SHOTS = path.join(RESULTS, 'screenshots');
+const FLEET = ['thermostat-001', 'light-001', 'plug-001', 'sensor-001', 'blind-001', 'thermostat-002', 'light-002', 'plug-002'];
+const LAB_PLUG = 'lab-plug-001';
+const ALL = [...FLEET, LAB_PLUG, AQUARIUM_ID];
+const DESKTOP = { width: 1280, height: 800 };
+const PHONE = { width: 390, height: 844 };
+
+let stack;
+let browser;
+let page;
+let aquarium;
+let loadedAt;
+/** Latest retained state per device as the broker holds it: the device side of a command. */
+const deviceState = new Map();
+const pageErrors = [];
+
+const card = (id) => page.locator(`article[data-device="${id}"]`);
+const text = async (locator) => (await locator.textContent())?.trim();
+const badge = (id) => text(card(id).locator('.badge-text'));
+
+async function screenshot(name) {
+  await mkdir(SHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
+}
+
+describe('dashboard against a real bridge', () => {
+  before(async () => {
+    stack = await Stack.start({ devices: [AQUARIUM_ID] });
+    // A device of its own process, to be killed abruptly later (its MQTT will says `offline`).
+    await stack.startFleet('lab', ['--count', '1', '--kinds', 'plug', '--id-prefix', 'lab-']);
+    const will = { topic: `iot/${AQUARIUM_ID}/status`, payload: 'offline', qos: 1, retain: true };
+    aquarium = await runAquarium(await stack.mqtt(`devices/${AQUARIUM_ID}`, AQUARIUM_ID, { will }));
+
+    // The bridge's certificate may read every device's retained state: use it as the observer.
+    const observer = await stack.mqtt('bridge-client', 'dashboard-e2e-observer');
+    observer.on('message', (topic, payload) => {
+      const id = topic.split('/')[1];
+      try {
+        deviceState.set(id, decodePayload(payload));
+      } catch {
+        // Not a map: not something the tests look at.
+      }
+    });
+    await observer.subscribeAsync('iot/+/state', { qos: 1 });
+
+    browser = await chromium.launch({ executablePath: chromiumPath(), args: CHROMIUM_ARGS });
+    const context = await browser.newContext({
+      viewport: DESKTOP,
+      ignoreHTTPSErrors: true,
+      clientCertificates: [{ origin: stack.origin, certPath: stack.cert('users/tester.pem'), keyPath: stack.cert('users/tester.key') }],
+    });
+    page = await context.newPage();
+    page.on('pageerror', (e) => pageErrors.push(e.message));
+    page.on('console', (m) => {
+      // The browser logs each refused reconnect while the bridge is down; that is expected.
+      if (m.type() === 'error' && !/WebSocket connection to .* failed/.test(m.text())) pageErrors.push(m.text());
+    });
+    await page.goto(`${stack.origin}/`);
+    loadedAt = Date.now();
+  });
+
+  after(async () => {
+    aquarium?.stop();
+    await browser?.close().catch(() => {});
+    await stack?.stop();
+  });
+
+  test('lists the whole fleet from meta, online, with units and sparklines', { timeout: 30000 }, async () => {
+    await waitFor('every device card', async () => (await page.locator('article.card').count()) === ALL.length);
+    for (const id of ALL) {
+      await waitFor(`${id} online`, async () => (await badge(id)) === 'Online');
+    }
+    assert.equal(await text(page.locator('#conn-text')), 'Live');
+    assert.equal(await text(card('light-001').locator('.card-sub code')), 'light-001');
+    const thermo = card('thermostat-001');
+    assert.equal(await text(thermo.locator('.metric[data-field="temperature"] .unit')), '°C');
+    assert.equal(await thermo.locator('.metric[data-field="temperature"] svg.spark').count(), 1);
+    assert.equal(await thermo.locator('.metric[data-field="hvac"] svg.spark').count(), 0, 'no chart for an enum');
+    assert.ok(await thermo.getByRole('combobox', { name: /^Mode/ }).isVisible());
+    assert.ok(await thermo.getByRole('slider', { name: /^Setpoint/ }).isVisible());
+    assert.match(await text(page.locator('#summary')), /^10 devices · 10 online/);
+  });
+
+  test('live values change and the sparkline grows', { timeout: 20000 }, async () => {
+    const metric = card('sensor-001').locator('.metric[data-field="illuminance"]');
+    const firstValue = await text(metric.locator('.num'));
+    const firstPath = await metric.locator('.spark-line').getAttribute('d');
+    await waitFor('a new illuminance value', async () => (await text(metric.locator('.num'))) !== firstValue, { timeoutMs: 10000 });
+    await waitFor('the sparkline to change', async () => (await metric.locator('.spark-line').getAttribute('d')) !== firstPath);
+    const points = (await metric.locator('.spark-line').getAttribute('d')).split('L').length;
+    assert.ok(points >= 3, `sparkline has ${points} points`);
+  });
+
+  test('toggling a light changes the device, and the switch follows its reported state', { timeout: 20000 }, async () => {
+    const sw = card('light-001').getByRole('switch', { name: /^On/ });
+    await waitFor('the light to report its state', () => deviceState.has('light-001'));
+    const before = (await sw.getAttribute('aria-checked')) === 'true';
+    assert.equal(deviceState.get('light-001').on, before, 'the page shows what the device reports');
+    await page.evaluate(() => {
+      window.__commands = [];
+      window.iotDashboard.client.on('command', (e) => window.__commands.push(e.status));
+    });
+    await sw.click();
+    await waitFor('the device to switch', () => deviceState.get('light-001')?.on === !before);
+    await waitFor('the switch to settle on the reported state', async () => (await sw.getAttribute('aria-checked')) === String(!before));
+    assert.deepEqual(await page.evaluate(() => window.__commands), ['pending', 'pending', 'pending', 'ok']);
+    assert.equal(await text(card('light-001').locator('[data-control="on"] .cmd-status')), 'Done');
+
+    // The same from the keyboard: focus the switch and press Space.
+    await sw.focus();
+    await page.keyboard.press('Space');
+    await waitFor('the device to switch back', () => deviceState.get('light-001')?.on === before);
+    await waitFor('the switch to follow', async () => (await sw.getAttribute('aria-checked')) === String(before));
+  });
+
+  test('a device of an unknown kind renders from its meta and is controllable', { timeout: 20000 }, async () => {
+    const tank = card(AQUARIUM_ID);
+    assert.equal(await text(tank.locator('.card-title')), 'Reef tank');
+    assert.match(await text(tank.locator('.card-sub')), /Living room · Aquarium/);
+    assert.equal(await text(tank.locator('.metric[data-field="pump_rpm"] .unit')), 'rpm');
+    const pump = tank.getByRole('switch', { name: /^Pump/ });
+    assert.equal(await pump.getAttribute('aria-checked'), 'true');
+    await pump.click();
+    await waitFor('the pump to stop on the device', () => aquarium.state.pump === false);
+    await waitFor('the switch to show it', async () => (await pump.getAttribute('aria-checked')) === 'false');
+    await tank.getByRole('combobox', { name: /^Light mode/ }).selectOption('night');
+    await waitFor('the light mode on the device', () => aquarium.state.light_mode === 'night');
+    const feed = tank.getByRole('spinbutton', { name: /^Feed grams/ });
+    await feed.fill('5');
+    await feed.press('Enter');
+    await waitFor('feed grams on the device', () => aquarium.state.feed_grams === 5);
+    await waitFor('the output to show it', async () => (await text(tank.locator('[data-control="feed_grams"] output'))) === '5 g');
+  });
+
+  test('a rejected command shows the reason and the control returns to the reported value', { timeout: 20000 }, async () => {
+    const control = card(AQUARIUM_ID).locator('[data-control="heater_target"]');
+    const slider = control.getByRole('slider', { name: /^Heater target/ });
+    assert.equal(await slider.inputValue(), '25');
+    await slider.focus();
+    await page.keyboard.press('End');
+    const status = control.locator('.cmd-status');
+    await waitFor('the rejection', async () => (await text(status))?.startsWith('Rejected'));
+    assert.equal(await text(status), 'Rejected: heater target above 28 °C is unsafe for the fish');
+    assert.equal(await status.getAttribute('data-status'), 'rejected');
+    await waitFor('the slider to return to 25', async () => (await slider.inputValue()) === '25');
+    assert.equal(await text(control.locator('output')), '25 °C');
+    assert.equal(aquarium.state.heater_target, 25, 'the device kept its value');
+  });
+
+  test('filter by text and group by kind or room', { timeout: 20000 }, async () => {
+    const visibleCards = () => page.locator('article.card').evaluateAll((els) => els.map((e) => e.dataset.device).sort());
+    await page.getByRole('searchbox', { name: 'Filter devices' }).fill('thermostat');
+    await waitFor('the filter', async () => (await visibleCards()).join() === 'thermostat-001,thermostat-002');
+    assert.match(await text(page.locator('#summary')), /2 shown/);
+    await page.getByRole('searchbox', { name: 'Filter devices' }).fill('zzz-nothing');
+    await waitFor('the empty message', async () => (await text(page.locator('#empty'))) === 'No device matches “zzz-nothing”.');
+    await page.getByRole('searchbox', { name: 'Filter devices' }).fill('');
+
+    await page.getByRole('radio', { name: 'Kind' }).check();
+    await waitFor('kind groups', async () => (await page.locator('h2.group-title').count()) === 6);
+    const kinds = await page.locator('h2.group-title').evaluateAll((hs) => hs.map((h) => h.firstChild.textContent));
+    assert.deepEqual(kinds, ['Aquarium', 'Blind', 'Light', 'Plug', 'Sensor', 'Thermostat']);
+    assert.equal(await card('light-002').locator('xpath=ancestor::section').locator('h2').evaluate((h) => h.firstChild.textContent), 'Light');
+    await page.getByRole('radio', { name: 'Room' }).check();
+    await waitFor('room groups', async () => (await page.locator('h2.group-title').first().evaluate((h) => h.firstChild.textContent)) !== 'Aquarium');
+    const tankGroup = await card(AQUARIUM_ID).locator('xpath=ancestor::section').locator('h2').evaluate((h) => h.firstChild.textContent);
+    assert.equal(tankGroup, 'Living room');
+    await page.getByRole('radio', { name: 'None' }).check();
+    await waitFor('one group again', async () => (await page.locator('h2.group-title').count()) === 0);
+  });
+
+  test('on a phone: no sideways scrolling, 44 px targets, every control labelled', { timeout: 20000 }, async () => {
+    await page.setViewportSize(PHONE);
+    await sleep(300);
+    const widths = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+    assert.ok(widths[0] <= widths[1], `page is ${widths[0]} px wide in a ${widths[1]} px viewport`);
+    const small = await page.evaluate(() => {
+      const out = [];
+      for (const el of document.querySelectorAll('button, input, select, a[href], [role="switch"]')) {
+        const r = el.getBoundingClientRect();
+        const shown = r.width > 0 && r.height > 0 && r.bottom > 0 && getComputedStyle(el).visibility !== 'hidden';
+        if (shown && (r.width < 44 || r.height < 44)) out.push(`${el.outerHTML.slice(0, 80)} ${r.width}x${r.height}`);
+      }
+      return out;
+    });
+    assert.deepEqual(small, [], 'touch targets smaller than 44 px');
+
+    const cdp = await page.context().newCDPSession(page);
+    const { nodes } = await cdp.send('Accessibility.getFullAXTree');
+    const interactive = new Set(['button', 'switch', 'slider', 'combobox', 'textbox', 'spinbutton', 'searchbox', 'radio', 'link']);
+    const unnamed = nodes.filter((n) => !n.ignored && interactive.has(n.role?.value) && !n.name?.value?.trim());
+    assert.deepEqual(unnamed.map((n) => n.role.value), [], 'controls without an accessible name');
+    const names = nodes.filter((n) => n.role?.value === 'switch').map((n) => n.name.value);
+    assert.ok(names.includes('On, Office Light'), `switch names carry the device: ${names.join(' | ')}`);
+
+    const manifest = await stack.get('/manifest.webmanifest');
+    assert.equal(manifest.status, 200);
+    const app = JSON.parse(manifest.body);
+    assert.equal(app.display, 'standalone');
+    assert.ok(app.icons.some((i) => i.sizes === '512x512'));
+    for (const icon of app.icons) assert.equal((await stack.get(`/${icon.src}`)).status, 200, icon.src);
+
+    await page.setViewportSize(DESKTOP);
+  });
+
+  test('a device that dies is shown offline within seconds', { timeout: 20000 }, async () => {
+    assert.equal(await badge(LAB_PLUG), 'Online');
+    const started = Date.now();
+    await stack.kill('lab', 'SIGKILL');
+    await waitFor('the plug to show offline', async () => (await badge(LAB_PLUG)) === 'Offline', { timeoutMs: 5000 });
+    const took = Date.now() - started;
+    assert.ok(took < 5000, `took ${took} ms`);
+    assert.equal(await card(LAB_PLUG).getAttribute('data-condition'), 'offline');
+    const sw = card(LAB_PLUG).getByRole('switch', { name: /^On/ });
+    const before = await sw.getAttribute('aria-checked');
+    await sw.click();
+    const status = card(LAB_PLUG).locator('[data-control="on"] .cmd-status');
+    await waitFor('the offline answer', async () => (await status.getAttribute('data-status')) === 'offline');
+    assert.equal(await sw.getAttribute('aria-checked'), before, 'the switch did not pretend');
+  });
+
+  test('screenshots at desktop and phone size, light and dark', { timeout: 20000 }, async () => {
+    // Let the sparklines fill a little more so the pictures show what a person sees after a while.
+    await sleep(Math.max(0, 12000 - (Date.now() - loadedAt)));
+    await page.evaluate(() => document.activeElement?.blur());
+    await page.getByRole('radio', { name: 'Room' }).check();
+    for (const [size, viewport] of [['desktop', DESKTOP], ['phone', PHONE]]) {
+      await page.setViewportSize(viewport);
+      for (const scheme of ['light', 'dark']) {
+        await page.emulateMedia({ colorScheme: scheme });
+        await page.evaluate(() => window.scrollTo(0, 0));
+        await sleep(150);
+        await screenshot(`${size}-${scheme}`);
+      }
+      await page.screenshot({ path: path.join(SHOTS, `${size}-full.png`), fullPage: true });
+    }
+    await page.emulateMedia({ colorScheme: 'light' });
+    await page.setViewportSize(DESKTOP);
+    await page.getByRole('radio', { name: 'None' }).check();
+  });
+
+  test('a page opened later fills its sparklines from the bridge history at once', { timeout: 20000 }, async () => {
+    const second = await page.context().newPage();
+    try {
+      await second.goto(`${stack.origin}/`);
+      const line = second.locator('article[data-device="sensor-001"] .metric[data-field="illuminance"] .spark-line');
+      await waitFor('a filled sparkline', async () => ((await line.getAttribute('d')) ?? '').split('L').length >= 40, { timeoutMs: 3000 });
+    } finally {
+      await second.close();
+    }
+  });
+
+  test('the page recovers by itself when the bridge restarts, resuming without a reload', { timeout: 45000 }, async () => {
+    await page.evaluate(() => { window.__sameDocument = true; });
+    const epoch = await page.evaluate(() => window.iotDashboard.client.epoch);
+    assert.ok(epoch, 'the snapshot named the bridge epoch');
+    await stack.kill('bridge', 'SIGTERM');
+    await waitFor('the page to notice', async () => (await page.locator('#banner-connection').isVisible()));
+    assert.notEqual(await text(page.locator('#conn-text')), 'Live');
+    await sleep(1500);
+    assert.equal(await card('light-001').getAttribute('data-condition'), 'stale', 'values are marked as last known');
+    await stack.startBridge();
+    await waitFor('the page to be live again', async () => (await text(page.locator('#conn-text'))) === 'Live', { timeoutMs: 20000 });
+    assert.equal(await page.evaluate(() => window.__sameDocument), true, 'no reload');
+    const since = await page.evaluate(() => window.iotDashboard.client.sentSince);
+    assert.equal(since.epoch, epoch, 'resubscribed from where it was');
+    assert.ok(since.seqs['sensor-001'] > 10, 'naming the last reading it received per device');
+    assert.notEqual(await page.evaluate(() => window.iotDashboard.client.epoch), epoch, 'a restarted bridge has a new epoch');
+    assert.ok(await page.locator('#banner-connection').isHidden());
+    for (const id of FLEET) await waitFor(`${id} online again`, async () => (await badge(id)) === 'Online');
+    const metric = card('sensor-001').locator('.metric[data-field="illuminance"] .num');
+    const value = await text(metric);
+    await waitFor('live values after the restart', async () => (await text(metric)) !== value, { timeoutMs: 10000 });
+  });
+
+  test('a lost broker link is shown at a glance', { timeout: 20000 }, async () => {
+    await stack.kill('mosquitto', 'SIGTERM');
+    await waitFor('the broker banner', async () => page.locator('#banner-broker').isVisible(), { timeoutMs: 10000 });
+    assert.equal(await text(page.locator('#conn-text')), 'Broker link down');
+    await waitFor('devices marked stale', async () => (await badge('light-001')) === 'Stale');
+  });
+
+  test('no errors in the page', () => {
+    assert.deepEqual(pageErrors, []);
+  });
+});

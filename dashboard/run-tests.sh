@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Dashboard tests: JavaScript unit tests (node --test), then the browser tests in headless
+# Chromium against a real bridge + Mosquitto + simulated fleet.
+#
+# Installs what is missing: node packages (npm ci), Chromium and Mosquitto (Debian packages);
+# builds the Rust binaries the browser tests start. Screenshots and process logs go to
+# dashboard/test-results/. Exits non-zero when anything fails.
+#
+# Usage: dashboard/run-tests.sh [unit|e2e|all]   (default: all)
+set -euo pipefail
+cd "$(dirname "$0")"
+what=${1:-all}
+
+log() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "need root to run: $*" >&2; return 1; fi
+}
+
+apt_updated=0
+need_pkg() { # need_pkg COMMAND PACKAGE...
+    local cmd=$1; shift
+    if ! command -v "$cmd" >/dev/null 2>&1; then
+        log "installing $* (missing $cmd)"
+        if [ "$apt_updated" -eq 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    fi
+}
+
+need_pkg node nodejs
+need_pkg npm npm
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+    log "npm ci"
+    npm ci --no-audit --no-fund
+fi
+
+if [ "$what" = unit ] || [ "$what" = all ]; then
+    log "dashboard unit tests"
+    node --test test/*.test.js
+fi
+
+if [ "$what" = e2e ] || [ "$what" = all ]; then
+    need_pkg mosquitto mosquitto
+    if [ -z "${CHROMIUM_PATH:-}" ] && [ ! -x /usr/bin/chromium ]; then
+        need_pkg chromium chromium fonts-dejavu-core
+    fi
+
+    # The bridge embeds dashboard/public/ at build time; cargo notices edited files but not
+    # added ones, so a file newer than the binary forces the bridge crate to be rebuilt.
+    target=${CARGO_TARGET_DIR:-../target}
+    bridge_bin="$target/debug/iot-bridge"
+    if [ -e "$bridge_bin" ] && [ -n "$(find public -newer "$bridge_bin" -print -quit)" ]; then
+        touch ../bridge/src/server.rs
+    fi
+    log "cargo build (bridge, device-sim, certs)"
+    (cd .. && cargo build --locked -p iot-bridge -p device-sim -p iot-certs)
+
+    log "dashboard browser tests"
+    mkdir -p test-results
+    node --test e2e/*.test.js
+fi
+
+log "dashboard tests passed"
