@@ -28,6 +28,9 @@ pub fn validate_device_id(id: &str) -> Result<(), CertError> {
     {
         return fail("may only contain letters, digits, '_' and '-'");
     }
+    if id == crate::BRIDGE_CLIENT_COMMON_NAME {
+        return fail("is the bridge's own identity at the broker");
+    }
     Ok(())
 }
 
@@ -61,6 +64,10 @@ pub fn validate_user_name(name: &str) -> Result<(), CertError> {
     }
     if name.trim() != name {
         return fail("must not start or end with whitespace");
+    }
+    // The broker's ACL gives this name the right to command every device.
+    if name == crate::BRIDGE_CLIENT_COMMON_NAME {
+        return fail("is the bridge's own identity at the broker");
     }
     Ok(())
 }
@@ -149,5 +156,17 @@ mod tests {
     fn error_names_the_problem() {
         let err = validate_device_id("a/b").unwrap_err().to_string();
         assert!(err.contains("device id") && err.contains("a/b"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod reserved {
+    use super::*;
+
+    #[test]
+    fn the_bridge_identity_is_reserved() {
+        assert!(validate_device_id("iot-bridge").is_err());
+        assert!(validate_user_name("iot-bridge").is_err());
+        assert!(validate_device_id("iot-bridge-2").is_ok());
     }
 }
