@@ -102,4 +102,6 @@ test('small and large readings keep meaningful digits', () => {
   assert.equal(formatValue(0.0012, { type: 'float' }), '0.0012');
   assert.equal(formatValue(0.2134, { type: 'float' }), '0.21');
   assert.equal(formatValue(0, { type: 'float' }), '0');
+  assert.equal(formatValue(46, { type: 'float' }), '46.0');
+  assert.equal(formatValue(46, {}), '46');
 });

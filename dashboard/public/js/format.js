@@ -22,7 +22,9 @@ export function stepDecimals(step) {
 /** A readable number: integers as they are, others with precision that suits their size. */
 export function formatNumber(value, spec = {}) {
   if (typeof value !== 'number' || !Number.isFinite(value)) return '—';
-  if (spec.type === 'int' || Number.isInteger(value)) return String(Math.round(value));
+  if (spec.type === 'int') return String(Math.round(value));
+  // A float field that happens to be whole keeps its usual decimals, so the digits do not jump.
+  if (spec.type !== 'float' && Number.isInteger(value)) return String(value);
   const fixed = stepDecimals(spec.step);
   if (fixed !== null) return value.toFixed(fixed);
   const abs = Math.abs(value);
