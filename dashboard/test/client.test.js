@@ -316,3 +316,19 @@ test('a listener that throws does not break the client', () => {
   assert.equal(rec.of('telemetry').length, 1);
   assert.equal(errors.length, 1);
 });
+
+test('a refused resume point falls back to a plain subscribe instead of staying unsubscribed', () => {
+  const { factory, client, clock } = connected({ random: () => 0 });
+  factory.last.drop();
+  clock.advance(250);
+  const s = factory.last;
+  s.accept();
+  const first = s.lastSent('subscribe');
+  assert.equal(first.since, 'tok1');
+  s.deliver({ type: 'error', req: first.req, code: 'bad_request', message: 'invalid subscribe: since' });
+  const second = s.lastSent('subscribe');
+  assert.notEqual(second.req, first.req);
+  assert.equal('since' in second, false);
+  s.deliver({ type: 'snapshot', req: second.req, devices: [], resume: 'tok2' });
+  assert.equal(client.state, 'open');
+});

@@ -406,6 +406,14 @@ export class BridgeClient {
   }
 
   onError(msg) {
+    if (msg.req !== undefined && msg.req === this.subscribeReq && this.sentSince !== null) {
+      // The bridge would not resume from our point (an older or newer format): start afresh
+      // rather than stay without a subscription.
+      this.subscribeReq = this.req('s');
+      this.sentSince = null;
+      this.send({ type: 'subscribe', req: this.subscribeReq, devices: this.patterns });
+      return;
+    }
     if (msg.req !== undefined && this.pending.has(msg.req)) {
       const status = COMMAND_ERROR_STATUSES.has(msg.code) ? msg.code : 'error';
       this.finish(msg.req, { status, error: msg.message ?? msg.code });
