@@ -1,19 +1,19 @@
-//! Broker connection settings and the per-device mutual-TLS MQTT options built from them.
+//! Broker connection settings, the devices' TLS client configs (shared, or minted per device)
+//! and the CONNECT packet each device sends.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
-use rustls::client::WebPkiServerVerifier;
+use rumqttc::mqttbytes::v4::{Connect, LastWill};
+use rumqttc::mqttbytes::QoS;
+use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
+use crate::link::Target;
 use crate::SimError;
-
-/// Largest MQTT packet a device sends or accepts; meta documents and commands are far smaller.
-const MAX_PACKET: usize = 64 * 1024;
 
 /// Where the broker is and how devices prove who they are.
 #[derive(Clone)]
@@ -26,6 +26,10 @@ pub struct BrokerOpts {
     /// Topic prefix, `iot` unless the deployment says otherwise.
     pub topic_prefix: String,
     pub keep_alive: Duration,
+    /// New connections per second across the fleet (the connection ramp); `None` = no limit.
+    pub connect_rate: Option<f64>,
+    /// Name the broker's certificate is checked against; `None` = `host`.
+    pub server_name: Option<String>,
 }
 
 impl BrokerOpts {
@@ -43,6 +47,8 @@ impl BrokerOpts {
             identity,
             topic_prefix: "iot".to_string(),
             keep_alive: Duration::from_secs(30),
+            connect_rate: None,
+            server_name: None,
         }
     }
 }
@@ -50,12 +56,14 @@ impl BrokerOpts {
 /// The client certificate(s) devices present to the broker.
 #[derive(Clone)]
 pub enum DeviceIdentity {
-    /// Mint a per-device client cert (CN = device id) in memory from this CA.
+    /// Mint a per-device client cert (CN = device id) in memory from this CA, when the device
+    /// first connects.
     MintFromCa {
         ca_cert_pem: String,
         ca_key_pem: String,
     },
-    /// One cert for all devices.
+    /// One cert for all devices: the cheapest mode, for load tests against a broker whose ACL
+    /// does not tie topics to the certificate's CN.
     Shared { cert_pem: String, key_pem: String },
 }
 
@@ -77,6 +85,7 @@ impl std::fmt::Debug for BrokerOpts {
             .field("identity", &self.identity)
             .field("topic_prefix", &self.topic_prefix)
             .field("keep_alive", &self.keep_alive)
+            .field("connect_rate", &self.connect_rate)
             .finish_non_exhaustive()
     }
 }
@@ -110,6 +119,9 @@ fn parse_key(pem: &str, what: &'static str) -> Result<PrivateKeyDer<'static>, Si
 
 /// Builds TLS client configs for devices: the broker verifier is built once and shared, and either
 /// one config serves every device or each device gets its own freshly minted certificate.
+///
+/// A per-device config has TLS session resumption turned off: rustls gives each config its own
+/// session cache, preallocated for 256 servers, which would cost tens of kilobytes per device.
 pub(crate) struct TlsFactory {
     provider: Arc<CryptoProvider>,
     verifier: Arc<WebPkiServerVerifier>,
@@ -126,11 +138,15 @@ fn client_config(
     verifier: &Arc<WebPkiServerVerifier>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    resumption: bool,
 ) -> Result<Arc<ClientConfig>, SimError> {
-    let config = ClientConfig::builder_with_provider(provider.clone())
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_webpki_verifier(verifier.clone())
         .with_client_auth_cert(chain, key)?;
+    if !resumption {
+        config.resumption = Resumption::disabled();
+    }
     Ok(Arc::new(config))
 }
 
@@ -148,7 +164,7 @@ impl TlsFactory {
             DeviceIdentity::Shared { cert_pem, key_pem } => {
                 let chain = parse_certs(cert_pem, "device certificate")?;
                 let key = parse_key(key_pem, "device key")?;
-                Source::Shared(client_config(&provider, &verifier, chain, key)?)
+                Source::Shared(client_config(&provider, &verifier, chain, key, true)?)
             }
             DeviceIdentity::MintFromCa {
                 ca_cert_pem,
@@ -162,6 +178,11 @@ impl TlsFactory {
         })
     }
 
+    /// Whether every device shares one config (nothing to mint or keep per device).
+    pub(crate) fn is_shared(&self) -> bool {
+        matches!(self.source, Source::Shared(_))
+    }
+
     /// The TLS config device `id` connects with.
     pub(crate) fn for_device(&self, id: &str) -> Result<Arc<ClientConfig>, SimError> {
         match &self.source {
@@ -170,7 +191,7 @@ impl TlsFactory {
                 let issued = ca.issue_client(id)?;
                 let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der));
                 let chain = vec![CertificateDer::from(issued.cert_der)];
-                client_config(&self.provider, &self.verifier, chain, key)
+                client_config(&self.provider, &self.verifier, chain, key, false)
             }
         }
     }
@@ -192,24 +213,31 @@ pub(crate) fn validate(opts: &BrokerOpts) -> Result<(), SimError> {
     Ok(())
 }
 
-/// MQTT options for one device: mutual TLS, clean session, and the retained `offline` will.
-pub(crate) fn mqtt_options(
-    opts: &BrokerOpts,
-    id: &str,
-    tls: Arc<ClientConfig>,
-    status_topic: &str,
-) -> MqttOptions {
-    let mut mqtt = MqttOptions::new(id, opts.host.clone(), opts.port);
-    mqtt.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)))
-        .set_keep_alive(opts.keep_alive)
-        .set_clean_session(true)
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-        .set_request_channel_capacity(crate::link::REQUEST_CHANNEL)
-        .set_last_will(LastWill::new(
-            status_topic,
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
-    mqtt
+/// Where devices connect: host, port and the name the broker's certificate must carry.
+pub(crate) fn target(opts: &BrokerOpts) -> Result<Target, SimError> {
+    let name = opts
+        .server_name
+        .clone()
+        .unwrap_or_else(|| opts.host.clone());
+    let server_name = ServerName::try_from(name.clone())
+        .map_err(|_| SimError::InvalidSpec(format!("'{name}' is not a valid server name")))?;
+    Ok(Target {
+        host: opts.host.clone(),
+        port: opts.port,
+        server_name,
+    })
+}
+
+/// The CONNECT of one device: clean session, keep-alive, and the retained `offline` will.
+pub(crate) fn connect_packet(opts: &BrokerOpts, id: &str, status_topic: &str) -> Connect {
+    let mut connect = Connect::new(id);
+    connect.keep_alive = u16::try_from(opts.keep_alive.as_secs()).unwrap_or(u16::MAX);
+    connect.clean_session = true;
+    connect.last_will = Some(LastWill::new(
+        status_topic,
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    connect
 }

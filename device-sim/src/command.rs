@@ -3,7 +3,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::kind::{FieldSpec, ValueType};
+use crate::kind::ValueType;
+use crate::profile::Field;
 
 /// Longest string a `string` control accepts; keeps one bad command from bloating retained state.
 const MAX_STRING_LEN: usize = 256;
@@ -37,7 +38,7 @@ pub fn parse(payload: &[u8]) -> Option<Command> {
 
 /// Checks `params` of a `set` against `controls` and returns the normalised new values.
 /// All-or-nothing: the first bad param rejects the whole command, nothing is returned to apply.
-pub fn validate_set(controls: &[FieldSpec], params: &Value) -> Result<Map<String, Value>, String> {
+pub fn validate_set(controls: &[Field], params: &Value) -> Result<Map<String, Value>, String> {
     if controls.is_empty() {
         return Err("this device has no controls".to_string());
     }
@@ -51,8 +52,8 @@ pub fn validate_set(controls: &[FieldSpec], params: &Value) -> Result<Map<String
     }
     let mut out = Map::new();
     for (name, value) in params {
-        let Some(spec) = controls.iter().find(|c| c.name == name) else {
-            let known: Vec<_> = controls.iter().map(|c| c.name).collect();
+        let Some(spec) = controls.iter().find(|c| c.name == *name) else {
+            let known: Vec<_> = controls.iter().map(|c| c.name.as_str()).collect();
             return Err(format!(
                 "unknown control '{name}' (controls: {})",
                 known.join(", ")
@@ -63,8 +64,8 @@ pub fn validate_set(controls: &[FieldSpec], params: &Value) -> Result<Map<String
     Ok(out)
 }
 
-fn validate_value(spec: &FieldSpec, value: &Value) -> Result<Value, String> {
-    let name = spec.name;
+fn validate_value(spec: &Field, value: &Value) -> Result<Value, String> {
+    let name = &spec.name;
     match spec.ty {
         ValueType::Bool => value
             .as_bool()
@@ -94,7 +95,7 @@ fn validate_value(spec: &FieldSpec, value: &Value) -> Result<Value, String> {
             let v = value
                 .as_str()
                 .ok_or_else(|| format!("{name} must be one of {}", spec.choices.join(", ")))?;
-            if spec.choices.contains(&v) {
+            if spec.choices.iter().any(|c| c == v) {
                 Ok(Value::from(v))
             } else {
                 Err(format!("{name} must be one of {}", spec.choices.join(", ")))
@@ -108,8 +109,8 @@ fn validate_value(spec: &FieldSpec, value: &Value) -> Result<Value, String> {
     }
 }
 
-fn check_range(spec: &FieldSpec, v: f64) -> Result<(), String> {
-    let name = spec.name;
+fn check_range(spec: &Field, v: f64) -> Result<(), String> {
+    let name = &spec.name;
     let shown = |x: f64| {
         if spec.ty == ValueType::Int {
             format!("{}", x as i64)
@@ -303,7 +304,8 @@ mod tests {
     #[test]
     fn validate_set_table() {
         for (kind, params, expected) in cases() {
-            let got = validate_set(kind.controls(), &params);
+            let profile = crate::profile::Profile::builtin(kind);
+            let got = validate_set(&profile.controls, &params);
             match expected {
                 Ok(v) => assert_eq!(got, Ok(v.as_object().unwrap().clone()), "{kind} {params}"),
                 Err(reason) => assert_eq!(got, Err(reason.to_string()), "{kind} {params}"),
@@ -314,7 +316,7 @@ mod tests {
     #[test]
     fn one_bad_param_rejects_the_whole_set() {
         let r = validate_set(
-            Kind::Light.controls(),
+            &crate::profile::Profile::builtin(Kind::Light).controls,
             &json!({"on": true, "brightness": 500}),
         );
         assert_eq!(r, Err("brightness must be between 0 and 100".to_string()));
@@ -322,22 +324,14 @@ mod tests {
 
     #[test]
     fn string_controls_are_checked() {
-        const CONTROLS: &[FieldSpec] = &[FieldSpec {
-            name: "label",
-            ty: ValueType::String,
-            unit: None,
-            min: None,
-            max: None,
-            step: None,
-            choices: &[],
-        }];
-        assert!(validate_set(CONTROLS, &json!({"label": "hall"})).is_ok());
+        let controls = [Field::new("label", ValueType::String)];
+        assert!(validate_set(&controls, &json!({"label": "hall"})).is_ok());
         assert_eq!(
-            validate_set(CONTROLS, &json!({"label": 3})),
+            validate_set(&controls, &json!({"label": 3})),
             Err("label must be a string".into())
         );
         let long = "x".repeat(MAX_STRING_LEN + 1);
-        assert!(validate_set(CONTROLS, &json!({ "label": long })).is_err());
+        assert!(validate_set(&controls, &json!({ "label": long })).is_err());
     }
 
     #[test]

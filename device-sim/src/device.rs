@@ -1,129 +1,232 @@
-//! One simulated device: a single task that owns the MQTT event loop, publishes telemetry on a
-//! timer, answers commands, and obeys kill/revive/stop from its handle.
+//! One simulated device: a single task with one `select!` loop over its connection, one timer,
+//! its control channel and the fleet's shutdown token. It publishes telemetry, answers commands
+//! the way its profile says, and plays the faults it is told to.
 //!
-//! Every publish uses `try_publish`: this task is the only one polling the event loop (see
-//! `link`), so awaiting a full request channel here would deadlock (rumqtt issue #1025).
+//! Everything the loop writes is queued on the link and written once per turn, outside the
+//! `select!`, so no branch ever cancels a half-written packet.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rumqttc::{
-    ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS, SubscribeReasonCode,
-};
+use rumqttc::mqttbytes::v4::{Packet, Publish};
+use rumqttc::mqttbytes::QoS;
+use rustls::ClientConfig;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::behaviour::Decision;
+use crate::broker::{self, BrokerOpts, TlsFactory};
 use crate::codec::{self, PayloadFormat};
 use crate::command;
-use crate::kind::{Kind, Meta};
-use crate::link::{next_event, Backoff, Link};
-use crate::model::Model;
+use crate::fault::{AckMode, BadPayload, DeviceTopic, ModeChange, Modes};
+use crate::link::{Backoff, Link, LinkError, Target};
+use crate::profile::{DeviceKind, Profile};
+use crate::ramp::Ramp;
+use crate::rng::SplitMix64;
+use crate::sim::Sim;
+use crate::spec::DeviceSpec;
 
 /// How long a graceful stop may take before the connection is simply dropped (the will covers it).
 const STOP_GRACE: Duration = Duration::from_secs(3);
-/// After our DISCONNECT, how long to wait for the broker to close its side.
-const CLOSE_GRACE: Duration = Duration::from_millis(500);
-/// QoS 1 publishes sent right after ConnAck before a device counts as online (meta, status, state).
-const CONNECT_PUBLISHES: u32 = 3;
+/// Packet ids of the connect burst: meta, status, state; the command subscription comes next.
+const BURST_PUBLISHES: u8 = 0b0111;
+const BURST_SUBSCRIBED: u8 = 0b1000;
+const BURST_DONE: u8 = BURST_PUBLISHES | BURST_SUBSCRIBED;
 
-/// What the device task and its handle share. Small on purpose: one of these per simulated device.
+/// What the device task and its handle share. Small on purpose: one per simulated device.
 pub(crate) struct Shared {
     pub id: String,
-    pub kind: Kind,
+    pub kind: DeviceKind,
+    pub accepts_set: bool,
     pub state: Mutex<Map<String, Value>>,
-    /// ConnAck received and the connection has not failed since.
+    /// Connected (CONNACK received) and the connection has not failed since.
     pub connected: AtomicBool,
     /// Connected, subscribed, and meta/status/state acknowledged by the broker.
     pub online: watch::Sender<bool>,
+    /// Commands answered with an ack.
     pub commands: AtomicU64,
+    /// Commands read and deliberately never answered (behaviour or a fault).
+    pub ignored: AtomicU64,
     pub published: AtomicU64,
     pub dropped: AtomicU64,
+    /// Active faults that make commands to this device unreliable (disconnects, ack faults).
+    pub disturbed: AtomicU32,
 }
 
-/// Requests from a `DeviceHandle`; each is answered once it has taken effect.
+impl Shared {
+    pub(crate) fn set_state(&self, state: &Map<String, Value>) {
+        match self.state.lock() {
+            Ok(mut s) => s.clone_from(state),
+            Err(poisoned) => poisoned.into_inner().clone_from(state),
+        }
+    }
+}
+
+pub(crate) type Reply = oneshot::Sender<()>;
+
+/// Requests to a device task. Kept small: every device's channel buffers a few of them.
 pub(crate) enum Control {
-    Kill(oneshot::Sender<()>),
-    Revive(oneshot::Sender<()>),
-    Stop(oneshot::Sender<()>),
+    /// Drop the connection without DISCONNECT (the broker fires the will) and stay down.
+    Kill(Reply),
+    /// Reconnect if down; `immediate` skips the connection ramp and the backoff.
+    Revive {
+        immediate: bool,
+        reply: Reply,
+    },
+    /// Publish `offline`, DISCONNECT and stay down.
+    Stop(Reply),
+    Mode(Box<ModeChange>),
+    Garbage {
+        payload: BadPayload,
+        messages: u32,
+    },
+    Junk {
+        topic: DeviceTopic,
+        payload: BadPayload,
+    },
+    /// Publish the real retained value of `topic` again after junk.
+    Restore(DeviceTopic),
 }
 
-/// Counters of the current connection; reset on every ConnAck.
-#[derive(Default)]
-struct Session {
-    subscribed: bool,
-    qos1_sent: u32,
-    qos1_acked: u32,
+/// What every device of a fleet shares: where to connect and how.
+pub(crate) struct Context {
+    pub target: Target,
+    pub tls: TlsFactory,
+    pub ramp: Ramp,
+    pub opts: BrokerOpts,
+}
+
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<(Link, Arc<ClientConfig>), LinkError>> + Send>>;
+
+enum Conn {
+    /// Down until revived (killed, stopped, or never started).
+    Parked,
+    /// Down; reconnect at this time (backoff).
+    Waiting(Instant),
+    Connecting(Connecting),
+    Up(Box<Up>),
+}
+
+struct Up {
+    link: Link,
+    /// Which of the connect burst's acks have arrived.
+    burst: u8,
+    /// QoS 1 publishes not yet acknowledged.
+    inflight: u32,
+    last_write: Instant,
+    ping_sent: Option<Instant>,
+}
+
+struct PendingAck {
+    due: Instant,
+    id: Box<str>,
+    outcome: Result<Map<String, Value>, String>,
 }
 
 #[derive(Debug, PartialEq)]
 enum StopPhase {
-    /// `offline` is queued; waiting until every QoS 1 publish has its PubAck.
+    /// `offline` is queued; waiting until every QoS 1 publish has its PUBACK.
     OfflineAck,
-    /// DISCONNECT is queued; waiting for it to be written.
-    DisconnectQueued,
-    /// DISCONNECT is written; waiting for the broker to close the connection.
-    DisconnectSent,
+    /// DISCONNECT is queued; close once it is written.
+    Closing,
 }
 
 struct Stopping {
     phase: StopPhase,
     deadline: Instant,
-    replies: Vec<oneshot::Sender<()>>,
+    replies: Vec<Reply>,
     /// The task ends afterwards (fleet shutdown) instead of staying down until revived.
     exit: bool,
+}
+
+enum ConnEvent {
+    Opened(Box<Result<(Link, Arc<ClientConfig>), LinkError>>),
+    Read(Result<(), LinkError>),
 }
 
 /// Everything one device task owns.
 pub(crate) struct Device {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) name: String,
-    pub(crate) room: String,
-    pub(crate) format: PayloadFormat,
-    pub(crate) interval: Duration,
-    /// Delay before the first telemetry so a fleet does not publish in lockstep.
-    pub(crate) phase: Duration,
+    ctx: Arc<Context>,
+    profile: Arc<Profile>,
+    name: Box<str>,
+    room: Box<str>,
     /// `{prefix}/{id}/`
-    pub(crate) base: String,
-    pub(crate) mqtt: MqttOptions,
-    pub(crate) model: Model,
-    link: Option<Link>,
-    session: Session,
+    base: Box<str>,
+    format: PayloadFormat,
+    qos: QoS,
+    interval: Duration,
+    sim: Sim,
+    rng: SplitMix64,
+    modes: Modes,
+    /// Reorder fault: the telemetry message held back to go out after the next one.
+    held: Option<Vec<u8>>,
+    acks: VecDeque<PendingAck>,
+    /// A minted certificate's config, kept for reconnects.
+    tls: Option<Arc<ClientConfig>>,
+    conn: Conn,
     backoff: Backoff,
+    next_tick: Instant,
     stopping: Option<Stopping>,
     has_been_online: bool,
     done: bool,
 }
 
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 impl Device {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        name: String,
-        room: String,
-        format: PayloadFormat,
-        interval: Duration,
-        phase: Duration,
-        base: String,
-        mqtt: MqttOptions,
-        model: Model,
-    ) -> Device {
+    pub(crate) fn new(spec: DeviceSpec, ctx: Arc<Context>, phase: Duration) -> Device {
+        let sim = Sim::new(&spec.profile, spec.seed);
+        let shared = Arc::new(Shared {
+            kind: spec.profile.kind.clone(),
+            accepts_set: spec.profile.accepts_set(),
+            state: Mutex::new(sim.controls().clone()),
+            connected: AtomicBool::new(false),
+            online: watch::Sender::new(false),
+            commands: AtomicU64::new(0),
+            ignored: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            disturbed: AtomicU32::new(0),
+            id: spec.id,
+        });
+        let base = format!("{}/{}/", ctx.opts.topic_prefix, shared.id).into_boxed_str();
         Device {
             shared,
-            name,
-            room,
-            format,
-            interval,
-            phase,
+            ctx,
+            name: spec.name.into_boxed_str(),
+            room: spec.room.into_boxed_str(),
             base,
-            mqtt,
-            model,
-            link: None,
-            session: Session::default(),
+            format: spec.format,
+            qos: if spec.telemetry_qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            },
+            interval: spec.telemetry_interval,
+            sim,
+            rng: SplitMix64::stream(spec.seed, 0xbe4a),
+            profile: spec.profile,
+            modes: Modes::default(),
+            held: None,
+            acks: VecDeque::new(),
+            tls: None,
+            conn: Conn::Parked,
             backoff: Backoff::default(),
+            next_tick: Instant::now() + phase,
             stopping: None,
             has_been_online: false,
             done: false,
@@ -135,18 +238,14 @@ impl Device {
         mut control: mpsc::Receiver<Control>,
         shutdown: CancellationToken,
     ) {
-        let mut ticker = tokio::time::interval_at(Instant::now() + self.phase, self.interval);
-        // A device that was offline does not burst its missed readings when it comes back.
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut control_open = true;
         let mut exit_requested = false;
-        self.connect();
+        self.connect(false);
         while !self.done {
-            let ticking = self.shared.connected.load(Ordering::Relaxed) && self.stopping.is_none();
-            let deadline = self.stopping.as_ref().map(|s| s.deadline);
+            let wake = self.next_wake();
             tokio::select! {
-                (eventloop, result) = next_event(&mut self.link) => self.on_poll(eventloop, result),
-                _ = ticker.tick(), if ticking => self.publish_telemetry(),
+                event = conn_event(&mut self.conn) => self.on_conn_event(event),
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => self.on_timer(),
                 msg = control.recv(), if control_open => match msg {
                     Some(msg) => self.on_control(msg),
                     None => control_open = false,
@@ -155,11 +254,8 @@ impl Device {
                     exit_requested = true;
                     self.begin_stop(None, true);
                 }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    debug!("graceful stop timed out; dropping the connection");
-                    self.finish_stop();
-                }
             }
+            self.flush().await;
         }
     }
 
@@ -167,40 +263,121 @@ impl Device {
         format!("{}{suffix}", self.base)
     }
 
-    /// Starts a fresh MQTT session (new socket, clean session) and polls it at once.
-    fn connect(&mut self) {
-        self.backoff.reset();
-        self.link = Some(Link::open(&self.mqtt));
+    fn up(&mut self) -> Option<&mut Up> {
+        match &mut self.conn {
+            Conn::Up(up) => Some(up),
+            _ => None,
+        }
+    }
+
+    /// Starts connecting: through the ramp unless `immediate`, minting a certificate if needed.
+    fn connect(&mut self, immediate: bool) {
+        if immediate {
+            self.backoff.reset();
+        }
+        let ctx = self.ctx.clone();
+        let cached = self.tls.clone();
+        let id = self.shared.id.clone();
+        let status = self.topic("status");
+        self.conn = Conn::Connecting(Box::pin(async move {
+            if !immediate {
+                ctx.ramp.wait().await;
+            }
+            let tls = match cached {
+                Some(tls) => tls,
+                None => ctx
+                    .tls
+                    .for_device(&id)
+                    .map_err(|e| LinkError::Protocol(e.to_string()))?,
+            };
+            let connect = broker::connect_packet(&ctx.opts, &id, &status);
+            let link = Link::open(&ctx.target, tls.clone(), &connect).await?;
+            Ok((link, tls))
+        }));
     }
 
     fn set_disconnected(&mut self) {
         self.shared.connected.store(false, Ordering::Relaxed);
         self.shared.online.send_replace(false);
+        // Commands in flight die with the connection, like on a real device that rebooted.
+        self.acks.clear();
+        self.held = None;
     }
 
-    fn on_poll(&mut self, eventloop: EventLoop, result: Result<Event, ConnectionError>) {
-        let next_delay = match result {
-            Ok(event) => self.on_event(event).then_some(Duration::ZERO),
-            Err(err) => self.on_error(err),
-        };
-        match (next_delay, self.link.as_mut()) {
-            (Some(delay), Some(link)) => link.poll_again(eventloop, delay),
-            // Dropping the event loop closes the socket.
-            _ => self.link = None,
+    fn next_wake(&self) -> Option<Instant> {
+        let mut wake: Option<Instant> = self.stopping.as_ref().map(|s| s.deadline);
+        let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
+        match &self.conn {
+            Conn::Waiting(t) => at(*t),
+            Conn::Up(up) => {
+                if self.stopping.is_none() {
+                    at(self.next_tick);
+                }
+                if let Some(ack) = self.acks.front() {
+                    at(ack.due);
+                }
+                let keep_alive = self.ctx.opts.keep_alive;
+                if !keep_alive.is_zero() {
+                    match up.ping_sent {
+                        Some(sent) => at(sent + keep_alive),
+                        None => at(up.last_write + keep_alive),
+                    }
+                }
+            }
+            Conn::Parked | Conn::Connecting(_) => {}
+        }
+        wake
+    }
+
+    fn on_conn_event(&mut self, event: ConnEvent) {
+        match event {
+            ConnEvent::Opened(opened) => match *opened {
+                Ok((link, tls)) => {
+                    if !self.ctx.tls.is_shared() {
+                        self.tls = Some(tls);
+                    }
+                    self.on_connected(link);
+                }
+                Err(e) => self.on_lost(e),
+            },
+            ConnEvent::Read(Ok(())) => self.drain_packets(),
+            ConnEvent::Read(Err(e)) => self.on_lost(e),
         }
     }
 
-    /// Returns `None` to drop the connection, else the delay before polling again.
-    fn on_error(&mut self, err: ConnectionError) -> Option<Duration> {
+    fn on_connected(&mut self, link: Link) {
+        self.shared.connected.store(true, Ordering::Relaxed);
+        self.backoff.reset();
+        self.conn = Conn::Up(Box::new(Up {
+            link,
+            burst: 0,
+            inflight: 0,
+            last_write: Instant::now(),
+            ping_sent: None,
+        }));
+        debug!("connected");
+        let meta = self.profile.meta_json(&self.name, &self.room);
+        self.publish("meta", QoS::AtLeastOnce, true, &meta);
+        self.publish("status", QoS::AtLeastOnce, true, b"online");
+        let state = codec::encode(self.format, self.sim.controls());
+        self.publish("state", QoS::AtLeastOnce, true, &state);
+        let filter = self.topic("cmd");
+        if let Some(up) = self.up() {
+            up.link.queue_subscribe(&filter, QoS::AtLeastOnce);
+        }
+    }
+
+    /// The connection failed or was lost: back off and try again (unless stopping).
+    fn on_lost(&mut self, err: LinkError) {
         let was_connected = self.shared.connected.load(Ordering::Relaxed);
         self.set_disconnected();
         if self.stopping.is_some() {
             debug!(error = %err, "connection closed while stopping");
             self.finish_stop();
-            return None;
+            return;
         }
         let delay = self.backoff.next_delay();
-        // Say it once per outage; every retry after that is only interesting when debugging.
+        // Say it once per outage; every retry after that only matters when debugging.
         if was_connected {
             warn!(error = %err, retry_in = ?delay, "connection lost");
         } else if self.backoff.failures() == 1 {
@@ -208,77 +385,52 @@ impl Device {
         } else {
             debug!(error = %err, retry_in = ?delay, "connect failed");
         }
-        Some(delay)
+        self.conn = Conn::Waiting(Instant::now() + delay);
     }
 
-    /// Returns whether to keep polling.
-    fn on_event(&mut self, event: Event) -> bool {
-        match event {
-            Event::Incoming(Incoming::ConnAck(_)) => self.on_connack(),
-            Event::Incoming(Incoming::SubAck(ack)) => {
-                if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+    fn drain_packets(&mut self) {
+        loop {
+            let Some(up) = self.up() else { return };
+            match up.link.next_packet() {
+                Ok(Some(packet)) => self.on_packet(packet),
+                Ok(None) => return,
+                Err(e) => return self.on_lost(e),
+            }
+        }
+    }
+
+    fn on_packet(&mut self, packet: Packet) {
+        let Some(up) = self.up() else { return };
+        match packet {
+            Packet::SubAck(ack) => {
+                up.burst |= BURST_SUBSCRIBED;
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
                     // Usually a broker ACL: the device still reports, but cannot be controlled.
-                    warn!(topic = %self.topic("cmd"), "broker refused the command subscription");
+                    warn!("broker refused the command subscription");
                 }
-                self.session.subscribed = true;
                 self.check_online();
             }
-            Event::Incoming(Incoming::PubAck(_)) => {
-                self.session.qos1_acked += 1;
+            Packet::PubAck(ack) => {
+                up.inflight = up.inflight.saturating_sub(1);
+                if (1..=3).contains(&ack.pkid) {
+                    up.burst |= 1 << (ack.pkid - 1);
+                }
                 self.check_online();
                 self.advance_stop();
             }
-            Event::Incoming(Incoming::Publish(publish)) => {
-                let is_cmd = publish.topic.strip_prefix(self.base.as_str()) == Some("cmd");
-                if is_cmd && self.stopping.is_none() {
-                    self.on_command(&publish.payload);
-                } else if !is_cmd {
-                    debug!(topic = %publish.topic, "ignoring message on unexpected topic");
-                }
-            }
-            Event::Outgoing(Outgoing::Publish(_)) => {
-                self.shared.published.fetch_add(1, Ordering::Relaxed);
-            }
-            Event::Outgoing(Outgoing::Disconnect) => {
-                if let Some(stop) = self.stopping.as_mut() {
-                    stop.phase = StopPhase::DisconnectSent;
-                    stop.deadline = stop.deadline.min(Instant::now() + CLOSE_GRACE);
-                }
-            }
-            _ => {}
+            Packet::Publish(publish) => self.on_publish(publish),
+            Packet::PingResp => up.ping_sent = None,
+            other => debug!(packet = ?other, "ignoring unexpected packet"),
         }
-        true
-    }
-
-    fn on_connack(&mut self) {
-        self.shared.connected.store(true, Ordering::Relaxed);
-        self.backoff.reset();
-        self.session = Session::default();
-        debug!("connected");
-        let subscribed = match &self.link {
-            Some(link) => link
-                .client
-                .try_subscribe(self.topic("cmd"), QoS::AtLeastOnce),
-            None => return,
-        };
-        if let Err(err) = subscribed {
-            warn!(error = %err, "could not queue the command subscription");
-        }
-        let meta = Meta {
-            kind: self.model.kind(),
-            name: &self.name,
-            room: &self.room,
-        }
-        .to_json();
-        self.publish("meta", QoS::AtLeastOnce, true, meta);
-        self.publish("status", QoS::AtLeastOnce, true, b"online".to_vec());
-        let state = codec::encode(self.format, self.model.controls());
-        self.publish("state", QoS::AtLeastOnce, true, state);
     }
 
     fn check_online(&mut self) {
-        let s = &self.session;
-        if s.subscribed && s.qos1_acked >= CONNECT_PUBLISHES && !*self.shared.online.borrow() {
+        let Some(up) = self.up() else { return };
+        if up.burst == BURST_DONE && !*self.shared.online.borrow() {
             self.shared.online.send_replace(true);
             // The first time is routine (and a large fleet would flood the log); coming back is news.
             if self.has_been_online {
@@ -290,74 +442,177 @@ impl Device {
         }
     }
 
-    /// Queues a publish without waiting; a full queue drops it and counts the drop.
-    fn publish(&mut self, suffix: &str, qos: QoS, retain: bool, payload: Vec<u8>) -> bool {
-        let Some(link) = &self.link else {
-            return false;
+    /// Queues a publish; without a connection it is dropped and counted.
+    fn publish(&mut self, suffix: &str, qos: QoS, retain: bool, payload: &[u8]) {
+        let topic = self.topic(suffix);
+        let Conn::Up(up) = &mut self.conn else {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         };
-        match link
-            .client
-            .try_publish(self.topic(suffix), qos, retain, payload)
-        {
-            Ok(()) => {
-                if qos != QoS::AtMostOnce {
-                    self.session.qos1_sent += 1;
+        up.link.queue_publish(&topic, qos, retain, payload);
+        if qos != QoS::AtMostOnce {
+            up.inflight += 1;
+        }
+        self.shared.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.stopping.as_ref().is_some_and(|s| now >= s.deadline) {
+            debug!("graceful stop timed out; dropping the connection");
+            return self.finish_stop();
+        }
+        if let Conn::Waiting(at) = self.conn {
+            if now >= at {
+                self.connect(false);
+            }
+            return;
+        }
+        let keep_alive = self.ctx.opts.keep_alive;
+        let Some(up) = self.up() else { return };
+        if !keep_alive.is_zero() {
+            match up.ping_sent {
+                Some(sent) if now >= sent + keep_alive => return self.on_lost(LinkError::Timeout),
+                None if now >= up.last_write + keep_alive => {
+                    up.link.queue_pingreq();
+                    up.ping_sent = Some(now);
                 }
-                true
+                _ => {}
             }
-            Err(err) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                debug!(topic = suffix, error = %err, "publish dropped: request queue full");
-                false
+        }
+        while self.acks.front().is_some_and(|a| a.due <= now) {
+            if let Some(ack) = self.acks.pop_front() {
+                self.answer(&ack.id, ack.outcome);
             }
+        }
+        if self.stopping.is_none() && now >= self.next_tick {
+            self.publish_telemetry();
+            // A device that was down does not burst its missed readings when it comes back.
+            let behind = (now - self.next_tick).as_nanos() / self.interval.as_nanos().max(1);
+            self.next_tick += self.interval * (u32::try_from(behind).unwrap_or(u32::MAX - 1) + 1);
         }
     }
 
-    fn publish_telemetry(&mut self) {
-        let mut telemetry = self.model.step(self.interval.as_secs_f64());
-        telemetry.insert("ts".into(), Value::from(now_ms()));
-        let payload = codec::encode(self.format, &telemetry);
-        self.publish("telemetry", QoS::AtMostOnce, false, payload);
+    fn telemetry_reading(&mut self) -> Map<String, Value> {
+        let mut reading = self.sim.step(&self.profile, self.interval.as_secs_f64());
+        reading.insert("ts".into(), Value::from(now_ms() + self.modes.skew_ms));
+        reading
     }
 
-    fn on_command(&mut self, payload: &[u8]) {
-        let Some(cmd) = command::parse(payload) else {
-            warn!(
-                bytes = payload.len(),
+    fn publish_telemetry(&mut self) {
+        let reading = self.telemetry_reading();
+        let payload = codec::encode(self.format, &reading);
+        let copies = if self.modes.duplicate { 2 } else { 1 };
+        if self.modes.reorder {
+            match self.held.take() {
+                None => return self.held = Some(payload),
+                Some(earlier) => {
+                    for _ in 0..copies {
+                        self.publish("telemetry", self.qos, false, &payload);
+                    }
+                    for _ in 0..copies {
+                        self.publish("telemetry", self.qos, false, &earlier);
+                    }
+                }
+            }
+            return;
+        }
+        for _ in 0..copies {
+            self.publish("telemetry", self.qos, false, &payload);
+        }
+    }
+
+    fn on_publish(&mut self, publish: Publish) {
+        if let Some(up) = self.up() {
+            if publish.qos == QoS::AtLeastOnce {
+                up.link.queue_puback(publish.pkid);
+            }
+        }
+        if publish.topic.strip_prefix(&*self.base) != Some("cmd") {
+            return debug!(topic = %publish.topic, "ignoring message on unexpected topic");
+        }
+        if self.stopping.is_some() {
+            return;
+        }
+        let Some(cmd) = command::parse(&publish.payload) else {
+            return warn!(
+                bytes = publish.payload.len(),
                 "ignoring a command payload with no id to answer"
             );
-            return;
         };
+        if self.modes.acks == AckMode::Stop {
+            self.shared.ignored.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let profile = &self.profile;
         let outcome = match cmd.body {
             Err(reason) => Err(reason),
-            Ok((action, params)) if action == "set" => self.model.apply_set(&params).cloned(),
+            Ok((action, params))
+                if action == "set" && (profile.controls.is_empty() || profile.accepts_set()) =>
+            {
+                match Sim::validate(profile, &params) {
+                    Err(reason) => Err(reason),
+                    Ok(changes) => {
+                        match profile
+                            .behaviour
+                            .decide(&changes, self.sim.controls(), &mut self.rng)
+                        {
+                            Decision::Apply => Ok(changes),
+                            Decision::Reject(reason) => Err(reason),
+                            Decision::Ignore => {
+                                self.shared.ignored.fetch_add(1, Ordering::Relaxed);
+                                return debug!(cmd = %cmd.id, "command ignored");
+                            }
+                        }
+                    }
+                }
+            }
             Ok((action, _)) => Err(format!("unsupported action '{action}'")),
         };
+        let latency = match &self.modes.acks {
+            AckMode::Slow(latency) => latency.sample(&mut self.rng),
+            _ => profile.behaviour.ack_latency.sample(&mut self.rng),
+        };
+        if latency.is_zero() && self.acks.is_empty() {
+            return self.answer(&cmd.id, outcome);
+        }
+        let due = Instant::now() + latency;
+        // Acks go out in due order; a slow one does not hold back a quicker later one.
+        let at = self
+            .acks
+            .iter()
+            .position(|a| a.due > due)
+            .unwrap_or(self.acks.len());
+        self.acks.insert(
+            at,
+            PendingAck {
+                due,
+                id: cmd.id.into_boxed_str(),
+                outcome,
+            },
+        );
+    }
+
+    fn answer(&mut self, id: &str, outcome: Result<Map<String, Value>, String>) {
         self.shared.commands.fetch_add(1, Ordering::Relaxed);
         match outcome {
-            Ok(state) => {
-                info!(cmd = %cmd.id, "command applied");
-                match self.shared.state.lock() {
-                    Ok(mut shared) => shared.clone_from(&state),
-                    Err(poisoned) => poisoned.into_inner().clone_from(&state),
-                }
+            Ok(changes) => {
+                debug!(cmd = %id, "command applied");
+                self.sim.apply(changes);
+                let state = self.sim.controls().clone();
+                self.shared.set_state(&state);
                 // New state first, so whoever sees the ack can already read the state it describes.
                 let encoded = codec::encode(self.format, &state);
-                self.publish("state", QoS::AtLeastOnce, true, encoded);
-                self.publish(
-                    "ack",
-                    QoS::AtLeastOnce,
-                    false,
-                    command::ack_ok(&cmd.id, &state),
-                );
+                self.publish("state", QoS::AtLeastOnce, true, &encoded);
+                self.publish("ack", QoS::AtLeastOnce, false, &command::ack_ok(id, &state));
             }
             Err(reason) => {
-                info!(cmd = %cmd.id, %reason, "command rejected");
+                debug!(cmd = %id, %reason, "command rejected");
                 self.publish(
                     "ack",
                     QoS::AtLeastOnce,
                     false,
-                    command::ack_err(&cmd.id, &reason),
+                    &command::ack_err(id, &reason),
                 );
             }
         }
@@ -366,11 +621,12 @@ impl Device {
     fn on_control(&mut self, msg: Control) {
         match msg {
             Control::Kill(reply) => {
-                // Dropping the link drops the event loop and with it the socket, without DISCONNECT:
-                // the broker sees a dead connection and publishes the will.
-                if self.link.take().is_some() {
-                    info!("killed");
+                // Dropping the link closes the socket without DISCONNECT: the broker sees a dead
+                // connection and publishes the will.
+                if matches!(self.conn, Conn::Up(_)) {
+                    debug!("killed");
                 }
+                self.conn = Conn::Parked;
                 self.set_disconnected();
                 if let Some(stop) = self.stopping.take() {
                     stop.replies.into_iter().for_each(|r| {
@@ -380,18 +636,45 @@ impl Device {
                 }
                 let _ = reply.send(());
             }
-            Control::Revive(reply) => {
-                if self.link.is_none() && self.stopping.is_none() {
-                    info!("reviving");
-                    self.connect();
+            Control::Revive { immediate, reply } => {
+                let down = matches!(self.conn, Conn::Parked | Conn::Waiting(_));
+                if down && self.stopping.is_none() {
+                    debug!("reviving");
+                    self.connect(immediate);
                 }
                 let _ = reply.send(());
             }
             Control::Stop(reply) => self.begin_stop(Some(reply), false),
+            Control::Mode(change) => self.modes.apply(*change),
+            Control::Garbage { payload, messages } => {
+                let mut probe = self.sim.clone();
+                for _ in 0..messages {
+                    let good = probe.step(&self.profile, self.interval.as_secs_f64());
+                    let encoded = codec::encode(PayloadFormat::Json, &good);
+                    let bytes = payload.bytes(&mut self.rng, &good, &encoded);
+                    self.publish("telemetry", QoS::AtMostOnce, false, &bytes);
+                }
+            }
+            Control::Junk { topic, payload } => {
+                let good = self.sim.controls().clone();
+                let encoded = codec::encode(PayloadFormat::Json, &good);
+                let bytes = payload.bytes(&mut self.rng, &good, &encoded);
+                self.publish(topic.as_str(), QoS::AtLeastOnce, true, &bytes);
+            }
+            Control::Restore(topic) => {
+                let bytes = match topic {
+                    DeviceTopic::Meta => self.profile.meta_json(&self.name, &self.room),
+                    DeviceTopic::Status => b"online".to_vec(),
+                    DeviceTopic::State => codec::encode(self.format, self.sim.controls()),
+                    // Nothing real is retained there: an empty retained message clears the junk.
+                    DeviceTopic::Telemetry | DeviceTopic::Ack => Vec::new(),
+                };
+                self.publish(topic.as_str(), QoS::AtLeastOnce, true, &bytes);
+            }
         }
     }
 
-    fn begin_stop(&mut self, reply: Option<oneshot::Sender<()>>, exit: bool) {
+    fn begin_stop(&mut self, reply: Option<Reply>, exit: bool) {
         if let Some(stop) = self.stopping.as_mut() {
             stop.replies.extend(reply);
             stop.exit |= exit;
@@ -403,48 +686,67 @@ impl Device {
             replies: reply.into_iter().collect(),
             exit,
         });
-        let connected = self.shared.connected.load(Ordering::Relaxed);
-        if !connected || !self.publish("status", QoS::AtLeastOnce, true, b"offline".to_vec()) {
+        self.acks.clear();
+        match self.conn {
+            Conn::Up(_) => {
+                self.publish("status", QoS::AtLeastOnce, true, b"offline");
+            }
             // Not connected: the broker already has our will (or never saw us); nothing to say.
-            self.finish_stop();
+            _ => self.finish_stop(),
         }
     }
 
     /// Moves a graceful stop on once everything we published, `offline` last, is acknowledged.
     fn advance_stop(&mut self) {
-        let all_acked = self.session.qos1_acked >= self.session.qos1_sent;
         let Some(stop) = self.stopping.as_mut() else {
             return;
         };
-        if stop.phase != StopPhase::OfflineAck || !all_acked {
-            return;
-        }
-        stop.phase = StopPhase::DisconnectQueued;
-        let queued = self
-            .link
-            .as_ref()
-            .map(|l| l.client.try_disconnect().is_ok());
-        if queued != Some(true) {
-            self.finish_stop();
+        let Conn::Up(up) = &mut self.conn else { return };
+        if stop.phase == StopPhase::OfflineAck && up.inflight == 0 {
+            stop.phase = StopPhase::Closing;
+            up.link.queue_disconnect();
         }
     }
 
     fn finish_stop(&mut self) {
-        self.link = None;
+        self.conn = Conn::Parked;
         self.set_disconnected();
         if let Some(stop) = self.stopping.take() {
-            info!("device stopped");
+            debug!("device stopped");
             for reply in stop.replies {
                 let _ = reply.send(());
             }
             self.done = stop.exit;
         }
     }
+
+    /// Writes what this turn queued; closes the link after a queued DISCONNECT.
+    async fn flush(&mut self) {
+        let Conn::Up(up) = &mut self.conn else { return };
+        if up.link.has_queued() {
+            match up.link.flush().await {
+                Ok(()) => up.last_write = Instant::now(),
+                Err(e) => return self.on_lost(e),
+            }
+        }
+        if self
+            .stopping
+            .as_ref()
+            .is_some_and(|s| s.phase == StopPhase::Closing)
+        {
+            if let Conn::Up(up) = std::mem::replace(&mut self.conn, Conn::Parked) {
+                up.link.close().await;
+            }
+            self.finish_stop();
+        }
+    }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// The next thing the connection has for the device; never resolves while it is down.
+async fn conn_event(conn: &mut Conn) -> ConnEvent {
+    match conn {
+        Conn::Connecting(opening) => ConnEvent::Opened(Box::new(opening.await)),
+        Conn::Up(up) => ConnEvent::Read(up.link.read_more().await),
+        Conn::Parked | Conn::Waiting(_) => std::future::pending().await,
+    }
 }

@@ -26,6 +26,9 @@ pub enum SimError {
     /// The fleet or device specification is unusable.
     #[error("invalid fleet specification: {0}")]
     InvalidSpec(String),
+    /// A scenario file could not be read or is not valid.
+    #[error(transparent)]
+    Scenario(#[from] crate::scenario::ScenarioError),
     /// `wait_connected` ran out of time.
     #[error("{missing} of {total} devices not online after {waited:?} (first: {first})")]
     NotConnected {

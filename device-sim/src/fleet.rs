@@ -1,28 +1,32 @@
 //! Running fleets: one task per device, and the handles tests and demos use to watch, kill,
-//! revive and stop devices.
+//! revive and stop devices. Faults are fired at a running fleet in `inject`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::broker::{self, BrokerOpts, TlsFactory};
-use crate::device::{Control, Device, Shared};
-use crate::kind::Kind;
-use crate::model::Model;
+use crate::device::{Context, Control, Device, Shared};
+use crate::profile::DeviceKind;
+use crate::ramp::Ramp;
+use crate::scenario::Scenario;
 use crate::spec::{is_valid_device_id, telemetry_phase, DeviceSpec, FleetSpec};
 use crate::SimError;
 
+/// Control requests a device may have queued; a caller waits for each one's answer.
+const CONTROL_QUEUE: usize = 4;
+
 /// A running device, as seen from outside its task.
 pub struct DeviceHandle {
-    shared: Arc<Shared>,
-    control: mpsc::Sender<Control>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) control: mpsc::Sender<Control>,
 }
 
 impl DeviceHandle {
@@ -30,8 +34,9 @@ impl DeviceHandle {
         &self.shared.id
     }
 
-    pub fn kind(&self) -> Kind {
-        self.shared.kind
+    /// Its kind; compares equal to a built-in [`crate::Kind`] (`device.kind() == Kind::Light`).
+    pub fn kind(&self) -> DeviceKind {
+        self.shared.kind.clone()
     }
 
     /// Current control values: what the device last reported on `state`.
@@ -57,12 +62,27 @@ impl DeviceHandle {
         self.shared.commands.load(Ordering::Relaxed)
     }
 
+    /// Commands read and deliberately left unanswered (behaviour or a fault).
+    pub fn commands_ignored(&self) -> u64 {
+        self.shared.ignored.load(Ordering::Relaxed)
+    }
+
     /// Messages written to the broker connection.
     pub fn published(&self) -> u64 {
         self.shared.published.load(Ordering::Relaxed)
     }
 
-    async fn send(&self, make: fn(oneshot::Sender<()>) -> Control) {
+    /// Whether the device takes `set` commands.
+    pub fn accepts_set(&self) -> bool {
+        self.shared.accepts_set
+    }
+
+    /// A fault that makes commands to it unreliable (a disconnect, stopped or slow acks) is active.
+    pub fn is_disturbed(&self) -> bool {
+        self.shared.disturbed.load(Ordering::Relaxed) > 0
+    }
+
+    pub(crate) async fn request(&self, make: impl FnOnce(oneshot::Sender<()>) -> Control) {
         let (tx, rx) = oneshot::channel();
         // A device whose task has ended has nothing left to do.
         if self.control.send(make(tx)).await.is_ok() {
@@ -73,17 +93,22 @@ impl DeviceHandle {
     /// Abrupt: drops the TCP connection without DISCONNECT so the broker fires the will. The
     /// device stays down until [`DeviceHandle::revive`].
     pub async fn kill(&self) {
-        self.send(Control::Kill).await;
+        self.request(Control::Kill).await;
     }
 
-    /// Reconnects a killed or stopped device; returns at once, see [`DeviceHandle::is_online`].
+    /// Reconnects a killed or stopped device, at once (no ramp, no backoff); returns without
+    /// waiting for the connection, see [`DeviceHandle::is_online`].
     pub async fn revive(&self) {
-        self.send(Control::Revive).await;
+        self.request(|reply| Control::Revive {
+            immediate: true,
+            reply,
+        })
+        .await;
     }
 
     /// Graceful: publishes retained `offline`, disconnects, and stays down until revived.
     pub async fn stop(&self) {
-        self.send(Control::Stop).await;
+        self.request(Control::Stop).await;
     }
 
     async fn wait_online(&self) {
@@ -92,7 +117,7 @@ impl DeviceHandle {
     }
 }
 
-/// Totals across a fleet, for the periodic summary line.
+/// Totals across a fleet, for progress lines and reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FleetStats {
     pub devices: usize,
@@ -100,17 +125,19 @@ pub struct FleetStats {
     pub online: usize,
     pub published: u64,
     pub commands_handled: u64,
-    /// Publishes dropped because a device's request queue was full.
+    /// Commands read and deliberately never answered.
+    pub commands_ignored: u64,
+    /// Publishes dropped because the device had no connection at the time.
     pub dropped: u64,
 }
 
 /// A running fleet. Dropping it without [`Fleet::stop`] still asks every device to go offline,
 /// but nobody waits for them.
 pub struct Fleet {
-    devices: Vec<DeviceHandle>,
+    pub(crate) devices: Vec<DeviceHandle>,
     index: HashMap<String, usize>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
 }
 
 impl Fleet {
@@ -123,6 +150,14 @@ impl Fleet {
             )));
         }
         Fleet::start_devices(broker, spec.devices()).await
+    }
+
+    /// Starts the devices of a scenario (its faults are fired separately, see [`Fleet::fire`]).
+    pub async fn start_scenario(
+        broker: BrokerOpts,
+        scenario: &Scenario,
+    ) -> Result<Fleet, SimError> {
+        Fleet::start_devices(broker, scenario.devices()).await
     }
 
     /// Starts exactly these devices. Everything is checked (ids, intervals, certificates) before
@@ -146,57 +181,34 @@ impl Fleet {
                     spec.id
                 )));
             }
+            if spec.telemetry_qos > 1 {
+                return Err(SimError::InvalidSpec(format!(
+                    "{}: telemetry QoS must be 0 or 1",
+                    spec.id
+                )));
+            }
         }
-        let tls = TlsFactory::new(&broker)?;
-        let mut prepared = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let base = format!("{}/{}/", broker.topic_prefix, spec.id);
-            let mqtt = broker::mqtt_options(
-                &broker,
-                &spec.id,
-                tls.for_device(&spec.id)?,
-                &format!("{base}status"),
-            );
-            let model = Model::new(spec.kind, spec.seed);
-            let shared = Arc::new(Shared {
-                id: spec.id.clone(),
-                kind: spec.kind,
-                state: Mutex::new(model.controls().clone()),
-                connected: AtomicBool::new(false),
-                online: watch::Sender::new(false),
-                commands: AtomicU64::new(0),
-                published: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
-            });
-            let phase = telemetry_phase(&spec);
-            let device = Device::new(
-                shared,
-                spec.name,
-                spec.room,
-                spec.format,
-                spec.telemetry_interval,
-                phase,
-                base,
-                mqtt,
-                model,
-            );
-            prepared.push(device);
-        }
-
+        drop(seen);
+        let ctx = Arc::new(Context {
+            target: broker::target(&broker)?,
+            tls: TlsFactory::new(&broker)?,
+            ramp: Ramp::new(broker.connect_rate),
+            opts: broker,
+        });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let mut devices = Vec::with_capacity(prepared.len());
-        let mut index = HashMap::with_capacity(prepared.len());
-        for device in prepared {
-            // Small: a device only ever has one control request in flight per caller.
-            let (control, control_rx) = mpsc::channel(4);
+        let mut devices = Vec::with_capacity(specs.len());
+        let mut index = HashMap::with_capacity(specs.len());
+        for spec in specs {
+            let phase = telemetry_phase(&spec);
+            let device = Device::new(spec, ctx.clone(), phase);
+            let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
             let shared = device.shared.clone();
             let span = tracing::info_span!("device", id = %shared.id, kind = %shared.kind);
             tasks.spawn(device.run(control_rx, shutdown.clone()).instrument(span));
             index.insert(shared.id.clone(), devices.len());
             devices.push(DeviceHandle { shared, control });
         }
-        tasks.close();
         Ok(Fleet {
             devices,
             index,
@@ -218,7 +230,7 @@ impl Fleet {
         &self.devices
     }
 
-    /// Waits until every device has a ConnAck and the broker acknowledged its meta, status and state.
+    /// Waits until every device has a CONNACK and the broker acknowledged its meta, status and state.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(), SimError> {
         let all = async {
             for device in &self.devices {
@@ -246,18 +258,22 @@ impl Fleet {
             ..FleetStats::default()
         };
         for d in &self.devices {
+            let s = &d.shared;
             stats.connected += usize::from(d.is_connected());
             stats.online += usize::from(d.is_online());
-            stats.published += d.published();
-            stats.commands_handled += d.commands_handled();
-            stats.dropped += d.shared.dropped.load(Ordering::Relaxed);
+            stats.published += s.published.load(Ordering::Relaxed);
+            stats.commands_handled += s.commands.load(Ordering::Relaxed);
+            stats.commands_ignored += s.ignored.load(Ordering::Relaxed);
+            stats.dropped += s.dropped.load(Ordering::Relaxed);
         }
         stats
     }
 
-    /// Graceful: every device publishes retained `offline`, disconnects, and its task ends.
+    /// Graceful: every device publishes retained `offline`, disconnects, and its task ends;
+    /// running fault timers are cancelled.
     pub async fn stop(self) {
         self.shutdown.cancel();
+        self.tasks.close();
         self.tasks.wait().await;
     }
 }
@@ -325,6 +341,9 @@ mod tests {
         let mut no_ca = b.clone();
         no_ca.ca_pem = "not a pem".into();
         assert!(err(Fleet::start_devices(no_ca, one("c")).await).contains("broker CA"));
+        let mut qos = one("q");
+        qos[0].telemetry_qos = 2;
+        assert!(err(Fleet::start_devices(b.clone(), qos).await).contains("QoS"));
         let mut shared = b;
         shared.identity = DeviceIdentity::Shared {
             cert_pem: "x".into(),
@@ -358,9 +377,10 @@ mod tests {
             other => panic!("expected NotConnected, got {other:?}"),
         }
         assert!(!device.is_connected());
+        let kind = device.kind().builtin().unwrap();
         assert_eq!(
             device.state(),
-            Model::new(device.kind(), spec_seed(&fleet, &id))
+            crate::model::Model::new(kind, spec_seed(&fleet, &id))
                 .controls()
                 .clone()
         );

@@ -24,7 +24,7 @@ pub enum Kind {
 }
 
 /// Value types used in `meta` for telemetry fields and controls (the contract's `type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ValueType {
     Bool,

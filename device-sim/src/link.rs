@@ -1,74 +1,233 @@
-//! The MQTT connection of one device: the event loop polled through an owned future, and the
-//! reconnect backoff.
+//! One device's MQTT 3.1.1 connection over TLS, kept small: a socket, a read buffer and a write
+//! buffer, nothing else per connection. Packets are decoded with rumqttc's codec; the few we
+//! send are encoded here so a publish costs no allocation beyond its bytes.
 //!
-//! The poll future owns the `EventLoop` and survives `select!` iterations, so a telemetry tick or
-//! a control message never cancels a half-finished TLS handshake or socket write.
+//! The device task owns the link and drives it from its single `select!` loop: reading is
+//! cancel-safe ([`Link::read_more`]), writes are queued with the `queue_*` methods and written
+//! by [`Link::flush`] outside the `select!`.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{BufMut, BytesMut};
+use rumqttc::mqttbytes::v4::{Connect, Packet};
+use rumqttc::mqttbytes::QoS;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
 use rand::Rng;
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions};
 
-/// Requests a device may queue for its event loop: the connect burst (subscribe, meta, status,
-/// state) plus a command answer and a few telemetry messages, with room to spare.
-pub(crate) const REQUEST_CHANNEL: usize = 32;
-/// Seconds allowed for TCP connect + TLS handshake + ConnAck.
-const CONNECT_TIMEOUT_SECS: u64 = 10;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Largest MQTT packet a device accepts; meta documents and commands are far smaller.
+pub(crate) const MAX_PACKET: usize = 64 * 1024;
+/// TCP connect + TLS handshake + CONNACK must finish within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A write that cannot finish in this time means the broker stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read buffers grow for a large command and are given back above this size.
+const KEEP_BUFFER: usize = 4096;
 
-pub(crate) type PollResult = (EventLoop, Result<Event, ConnectionError>);
-type PollFut = Pin<Box<dyn Future<Output = PollResult> + Send>>;
-
-/// Polls the event loop once, after `delay` (the reconnect backoff), handing it back with the result.
-fn poll_after(mut eventloop: EventLoop, delay: Duration) -> PollFut {
-    Box::pin(async move {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let result = eventloop.poll().await;
-        (eventloop, result)
-    })
+/// Why a connection could not be opened or was lost.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LinkError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("broker refused the connection: {0}")]
+    Refused(String),
+    #[error("MQTT: {0}")]
+    Protocol(String),
+    #[error("connection closed by the broker")]
+    Closed,
 }
 
-/// A live MQTT session: the client handle and the in-flight poll of its event loop.
-/// Dropping it drops the event loop and closes the socket without DISCONNECT.
+/// Where devices connect.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub host: String,
+    pub port: u16,
+    pub server_name: ServerName<'static>,
+}
+
 pub(crate) struct Link {
-    pub client: AsyncClient,
-    poll: Option<PollFut>,
+    stream: TlsStream<TcpStream>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    next_pkid: u16,
 }
 
 impl Link {
-    /// A new client and event loop (fresh socket, clean session), polled at once.
-    pub(crate) fn open(mqtt: &MqttOptions) -> Link {
-        let (client, mut eventloop) = AsyncClient::new(mqtt.clone(), REQUEST_CHANNEL);
-        let mut net = NetworkOptions::new();
-        net.set_tcp_nodelay(true);
-        net.set_connection_timeout(CONNECT_TIMEOUT_SECS);
-        eventloop.set_network_options(net);
-        Link {
-            client,
-            poll: Some(poll_after(eventloop, Duration::ZERO)),
+    /// TCP, TLS with `tls`, CONNECT and its CONNACK, all within [`CONNECT_TIMEOUT`].
+    pub(crate) async fn open(
+        target: &Target,
+        tls: Arc<ClientConfig>,
+        connect: &Connect,
+    ) -> Result<Link, LinkError> {
+        let open = async {
+            let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+            tcp.set_nodelay(true)?;
+            let stream = TlsConnector::from(tls)
+                .connect(target.server_name.clone(), tcp)
+                .await?;
+            let mut link = Link {
+                stream,
+                rbuf: BytesMut::with_capacity(256),
+                wbuf: BytesMut::with_capacity(256),
+                next_pkid: 0,
+            };
+            Packet::Connect(connect.clone())
+                .write(&mut link.wbuf, MAX_PACKET)
+                .map_err(|e| LinkError::Protocol(e.to_string()))?;
+            link.flush().await?;
+            loop {
+                if let Some(packet) = link.next_packet()? {
+                    return match packet {
+                        Packet::ConnAck(ack) if ack.code == rumqttc::ConnectReturnCode::Success => {
+                            Ok(link)
+                        }
+                        Packet::ConnAck(ack) => Err(LinkError::Refused(format!("{:?}", ack.code))),
+                        other => Err(LinkError::Protocol(format!(
+                            "expected CONNACK, got {other:?}"
+                        ))),
+                    };
+                }
+                link.read_more().await?;
+            }
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, open)
+            .await
+            .map_err(|_| LinkError::Timeout)?
+    }
+
+    /// Reads whatever the socket has. Cancel-safe: bytes are either in the buffer or unread.
+    pub(crate) async fn read_more(&mut self) -> Result<(), LinkError> {
+        if self.rbuf.capacity() - self.rbuf.len() < 128 {
+            self.rbuf.reserve(1024);
+        }
+        match self.stream.read_buf(&mut self.rbuf).await? {
+            0 => Err(LinkError::Closed),
+            _ => Ok(()),
         }
     }
 
-    /// Hands the event loop back after a completed poll; the next poll starts after `delay`.
-    pub(crate) fn poll_again(&mut self, eventloop: EventLoop, delay: Duration) {
-        self.poll = Some(poll_after(eventloop, delay));
+    /// The next complete packet in the read buffer, if any.
+    pub(crate) fn next_packet(&mut self) -> Result<Option<Packet>, LinkError> {
+        match Packet::read(&mut self.rbuf, MAX_PACKET) {
+            Ok(packet) => {
+                if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
+                    self.rbuf = BytesMut::with_capacity(256);
+                }
+                Ok(Some(packet))
+            }
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+            Err(e) => Err(LinkError::Protocol(e.to_string())),
+        }
+    }
+
+    fn pkid(&mut self) -> u16 {
+        self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+        self.next_pkid
+    }
+
+    /// Queues a PUBLISH; returns its packet id (0 for QoS 0).
+    pub(crate) fn queue_publish(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        payload: &[u8],
+    ) -> u16 {
+        let pkid = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            self.pkid()
+        };
+        let len = 2 + topic.len() + if pkid == 0 { 0 } else { 2 } + payload.len();
+        self.wbuf
+            .put_u8(0x30 | ((qos as u8) << 1) | u8::from(retain));
+        put_remaining_length(&mut self.wbuf, len);
+        put_str(&mut self.wbuf, topic);
+        if pkid != 0 {
+            self.wbuf.put_u16(pkid);
+        }
+        self.wbuf.put_slice(payload);
+        pkid
+    }
+
+    /// Queues a SUBSCRIBE for one filter; returns its packet id.
+    pub(crate) fn queue_subscribe(&mut self, filter: &str, qos: QoS) -> u16 {
+        let pkid = self.pkid();
+        self.wbuf.put_u8(0x82);
+        put_remaining_length(&mut self.wbuf, 2 + 2 + filter.len() + 1);
+        self.wbuf.put_u16(pkid);
+        put_str(&mut self.wbuf, filter);
+        self.wbuf.put_u8(qos as u8);
+        pkid
+    }
+
+    pub(crate) fn queue_puback(&mut self, pkid: u16) {
+        self.wbuf.put_slice(&[0x40, 0x02]);
+        self.wbuf.put_u16(pkid);
+    }
+
+    pub(crate) fn queue_pingreq(&mut self) {
+        self.wbuf.put_slice(&[0xc0, 0x00]);
+    }
+
+    pub(crate) fn queue_disconnect(&mut self) {
+        self.wbuf.put_slice(&[0xe0, 0x00]);
+    }
+
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.wbuf.is_empty()
+    }
+
+    /// Writes everything queued.
+    pub(crate) async fn flush(&mut self) -> Result<(), LinkError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await
+        };
+        tokio::time::timeout(WRITE_TIMEOUT, write)
+            .await
+            .map_err(|_| LinkError::Timeout)??;
+        self.wbuf.clear();
+        if self.wbuf.capacity() > KEEP_BUFFER {
+            self.wbuf = BytesMut::with_capacity(256);
+        }
+        Ok(())
+    }
+
+    /// Sends TLS close_notify and FIN after a DISCONNECT, so the broker reads a clean goodbye.
+    pub(crate) async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
     }
 }
 
-/// The next event of `link`; never resolves while there is no link (the device is down).
-/// After it resolves, the caller must give the event loop back with [`Link::poll_again`] or drop
-/// the link.
-pub(crate) async fn next_event(link: &mut Option<Link>) -> PollResult {
-    // Borrowed, not taken: if another `select!` branch wins, the poll stays in the link, half
-    // done, and resumes on the next iteration.
-    match link.as_mut().and_then(|l| l.poll.as_mut()) {
-        Some(poll) => poll.await,
-        None => std::future::pending().await,
+fn put_str(buf: &mut BytesMut, s: &str) {
+    // Topics are built from validated ids and prefixes, far below 64 KiB.
+    buf.put_u16(s.len().min(u16::MAX as usize) as u16);
+    buf.put_slice(s.as_bytes());
+}
+
+fn put_remaining_length(buf: &mut BytesMut, mut len: usize) {
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        buf.put_u8(byte);
+        if len == 0 {
+            break;
+        }
     }
 }
 
@@ -76,15 +235,17 @@ pub(crate) async fn next_event(link: &mut Option<Link>) -> PollResult {
 /// a fleet that lost the broker together does not reconnect together.
 #[derive(Debug)]
 pub(crate) struct Backoff {
-    step: Duration,
-    /// Failures since the last reset.
+    step_ms: u32,
     failures: u32,
 }
+
+const BACKOFF_MIN_MS: u32 = 100;
+const BACKOFF_MAX_MS: u32 = 10_000;
 
 impl Default for Backoff {
     fn default() -> Self {
         Backoff {
-            step: BACKOFF_MIN,
+            step_ms: BACKOFF_MIN_MS,
             failures: 0,
         }
     }
@@ -102,45 +263,114 @@ impl Backoff {
 
     pub(crate) fn next_delay(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
-        let step = self.step;
-        self.step = (self.step * 2).min(BACKOFF_MAX);
-        let half = step / 2;
-        half + half.mul_f64(rand::rng().random_range(0.0..=1.0))
+        let step = self.step_ms;
+        self.step_ms = (self.step_ms * 2).min(BACKOFF_MAX_MS);
+        let half = f64::from(step) / 2.0;
+        Duration::from_secs_f64((half + half * rand::rng().random_range(0.0..=1.0)) / 1000.0)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use rumqttc::mqttbytes::v4::{Publish, Subscribe};
+
+    /// Our hand-written encodings must read back with rumqttc's decoder.
+    #[test]
+    fn encodings_match_the_codec() {
+        let mut buf = BytesMut::new();
+        let mut pkid = 0u16;
+        let mut next = || {
+            pkid += 1;
+            pkid
+        };
+        let payload = vec![7u8; 300]; // remaining length needs two bytes
+        for (qos, retain) in [(QoS::AtMostOnce, false), (QoS::AtLeastOnce, true)] {
+            buf.clear();
+            let id = if qos == QoS::AtMostOnce { 0 } else { next() };
+            buf.put_u8(0x30 | ((qos as u8) << 1) | u8::from(retain));
+            put_remaining_length(
+                &mut buf,
+                2 + 10 + if id == 0 { 0 } else { 2 } + payload.len(),
+            );
+            put_str(&mut buf, "iot/a/tele");
+            if id != 0 {
+                buf.put_u16(id);
+            }
+            buf.put_slice(&payload);
+            let Ok(Packet::Publish(p)) = Packet::read(&mut buf, MAX_PACKET) else {
+                panic!("not a publish");
+            };
+            let mut want = Publish::from_bytes("iot/a/tele", qos, Bytes::from(payload.clone()));
+            want.retain = retain;
+            want.pkid = id;
+            assert_eq!(p, want);
+        }
+        let mut buf = BytesMut::new();
+        buf.put_u8(0x82);
+        put_remaining_length(&mut buf, 2 + 2 + 9 + 1);
+        buf.put_u16(4);
+        put_str(&mut buf, "iot/a/cmd");
+        buf.put_u8(1);
+        let Ok(Packet::Subscribe(s)) = Packet::read(&mut buf, MAX_PACKET) else {
+            panic!("not a subscribe");
+        };
+        let mut want = Subscribe::new("iot/a/cmd", QoS::AtLeastOnce);
+        want.pkid = 4;
+        assert_eq!(s, want);
+        for (bytes, packet) in [
+            (
+                &[0x40u8, 2, 0, 9][..],
+                Packet::PubAck(rumqttc::mqttbytes::v4::PubAck::new(9)),
+            ),
+            (&[0xc0, 0][..], Packet::PingReq),
+            (&[0xe0, 0][..], Packet::Disconnect),
+        ] {
+            let mut b = BytesMut::from(bytes);
+            assert_eq!(Packet::read(&mut b, MAX_PACKET).unwrap(), packet);
+        }
+    }
+
+    #[test]
+    fn remaining_length_varint() {
+        for (len, bytes) in [
+            (0usize, vec![0u8]),
+            (127, vec![0x7f]),
+            (128, vec![0x80, 1]),
+            (16_383, vec![0xff, 0x7f]),
+            (16_384, vec![0x80, 0x80, 1]),
+        ] {
+            let mut b = BytesMut::new();
+            put_remaining_length(&mut b, len);
+            assert_eq!(&b[..], &bytes[..], "{len}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_caps() {
         let mut backoff = Backoff::default();
-        let mut step = BACKOFF_MIN;
+        let mut step = Duration::from_millis(u64::from(BACKOFF_MIN_MS));
+        let max = Duration::from_millis(u64::from(BACKOFF_MAX_MS));
         for _ in 0..12 {
             let delay = backoff.next_delay();
             assert!(
                 delay >= step / 2 && delay <= step,
                 "{delay:?} outside {step:?}"
             );
-            step = (step * 2).min(BACKOFF_MAX);
+            step = (step * 2).min(max);
         }
-        assert!(backoff.next_delay() <= BACKOFF_MAX);
+        assert!(backoff.next_delay() <= max);
         assert_eq!(backoff.failures(), 13);
         backoff.reset();
         assert_eq!(backoff.failures(), 0);
-        assert!(backoff.next_delay() <= BACKOFF_MIN);
-    }
-
-    #[test]
-    fn jitter_spreads_a_fleet() {
-        let delays: std::collections::HashSet<_> = (0..50)
+        let spread: std::collections::HashSet<_> = (0..50)
             .map(|_| {
                 let mut b = Backoff::default();
                 b.next_delay();
                 b.next_delay().as_micros()
             })
             .collect();
-        assert!(delays.len() > 10, "reconnects bunch up: {delays:?}");
+        assert!(spread.len() > 10, "reconnects bunch up: {spread:?}");
     }
 }

@@ -137,9 +137,15 @@ impl Model {
 
     /// Validates and applies a `set`; on error nothing changes.
     pub fn apply_set(&mut self, params: &Value) -> Result<&Map<String, Value>, String> {
-        let changes = command::validate_set(self.kind.controls(), params)?;
+        let profile = crate::profile::Profile::builtin(self.kind);
+        let changes = command::validate_set(&profile.controls, params)?;
         self.controls.extend(changes);
         Ok(&self.controls)
+    }
+
+    /// Applies changes already validated against this kind's controls.
+    pub fn apply_changes(&mut self, changes: Map<String, Value>) {
+        self.controls.extend(changes);
     }
 
     fn num(&self, name: &str) -> f64 {

@@ -1,6 +1,7 @@
 //! Fleet and device specifications: what to simulate, expanded deterministically from a seed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -8,8 +9,10 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::codec::PayloadFormat;
 use crate::kind::Kind;
+use crate::profile::{DeviceKind, Profile};
 
-const ROOMS: &[&str] = &[
+/// Rooms used when a fleet or scenario names none.
+pub(crate) const ROOMS: &[&str] = &[
     "Kitchen",
     "Living Room",
     "Bedroom",
@@ -25,16 +28,56 @@ const ROOMS: &[&str] = &[
 ];
 
 /// One simulated device.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct DeviceSpec {
     pub id: String,
-    pub kind: Kind,
+    /// Its kind's shared description, physics and behaviour.
+    pub profile: Arc<Profile>,
     pub name: String,
     pub room: String,
     pub telemetry_interval: Duration,
     pub format: PayloadFormat,
-    /// Seeds the device's simulation and its telemetry phase.
+    /// QoS of telemetry publishes: 0 or 1.
+    pub telemetry_qos: u8,
+    /// Seeds the device's simulation, behaviour and telemetry phase.
     pub seed: u64,
+}
+
+impl DeviceSpec {
+    /// A device of a built-in kind with default behaviour, JSON payloads, QoS 0 telemetry every
+    /// second; change the fields for anything else.
+    pub fn builtin(id: impl Into<String>, kind: Kind) -> DeviceSpec {
+        DeviceSpec {
+            id: id.into(),
+            profile: Profile::builtin(kind),
+            name: kind.label().to_string(),
+            room: ROOMS[0].to_string(),
+            telemetry_interval: Duration::from_secs(1),
+            format: PayloadFormat::Json,
+            telemetry_qos: 0,
+            seed: 0,
+        }
+    }
+
+    pub fn kind(&self) -> &DeviceKind {
+        &self.profile.kind
+    }
+}
+
+/// Equal when everything that shapes the device is equal (profiles compare by kind and
+/// behaviour, which is what a scenario can change between two runs).
+impl PartialEq for DeviceSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.profile.kind == other.profile.kind
+            && self.profile.behaviour == other.profile.behaviour
+            && self.name == other.name
+            && self.room == other.room
+            && self.telemetry_interval == other.telemetry_interval
+            && self.format == other.format
+            && self.telemetry_qos == other.telemetry_qos
+            && self.seed == other.seed
+    }
 }
 
 /// A whole fleet, described compactly; [`FleetSpec::devices`] expands it deterministically.
@@ -105,11 +148,12 @@ impl FleetSpec {
                 };
                 DeviceSpec {
                     id: format!("{}{}-{:0width$}", self.id_prefix, kind.as_str(), n),
-                    kind,
+                    profile: Profile::builtin(kind),
                     name,
                     room: ROOMS[room].to_string(),
                     telemetry_interval: self.telemetry_interval,
                     format,
+                    telemetry_qos: 0,
                     seed: rng.random(),
                 }
             })
@@ -150,7 +194,8 @@ mod tests {
         let (a, b) = (spec(42).devices(), spec(42).devices());
         assert_eq!(a, b);
         for (da, db) in a.iter().zip(&b) {
-            let (mut ma, mut mb) = (Model::new(da.kind, da.seed), Model::new(db.kind, db.seed));
+            let kind = |d: &DeviceSpec| d.kind().builtin().unwrap();
+            let (mut ma, mut mb) = (Model::new(kind(da), da.seed), Model::new(kind(db), db.seed));
             let first_a: Vec<_> = (0..10).map(|_| ma.step(1.0)).collect();
             let first_b: Vec<_> = (0..10).map(|_| mb.step(1.0)).collect();
             assert_eq!(first_a, first_b, "{}", da.id);
@@ -198,7 +243,7 @@ mod tests {
         }
         .devices();
         assert!(all_cbor.iter().all(|d| d.format == PayloadFormat::Cbor));
-        let kinds: HashSet<_> = all_cbor.iter().map(|d| d.kind).collect();
+        let kinds: HashSet<_> = all_cbor.iter().map(|d| d.kind().clone()).collect();
         assert_eq!(kinds.len(), Kind::ALL.len());
         let none = FleetSpec {
             count: 20,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use device_sim::codec::decode;
-use device_sim::{BrokerOpts, DeviceIdentity, DeviceSpec, Fleet, Kind, PayloadFormat};
+use device_sim::{BrokerOpts, DeviceIdentity, DeviceSpec, Fleet, Kind, PayloadFormat, Profile};
 use iot_certs::Ca;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
@@ -253,11 +253,12 @@ fn json_of(msg: &Msg) -> Value {
 fn spec(id: &str, kind: Kind, format: PayloadFormat) -> DeviceSpec {
     DeviceSpec {
         id: id.into(),
-        kind,
+        profile: Profile::builtin(kind),
         name: format!("Test {kind}"),
         room: "Lab".into(),
         telemetry_interval: Duration::from_millis(200),
         format,
+        telemetry_qos: 0,
         seed: 7,
     }
 }
@@ -282,7 +283,7 @@ async fn devices_speak_the_contract_over_mutual_tls() {
     // A client that arrives later sees each device's retained description, presence and state.
     let mut obs = Observer::connect(&ca, broker.port, "observer", "iot/#").await;
     for id in ["thermo-1", "light-1", "sensor-1"] {
-        let kind = fleet.device(id).unwrap().kind();
+        let kind = fleet.device(id).unwrap().kind().builtin().unwrap();
         let meta = obs.expect(&format!("iot/{id}/meta"), |m| m.retain).await;
         let meta = json_of(&meta);
         assert_eq!(meta["kind"], kind.as_str());
