@@ -161,6 +161,11 @@ export class DashboardView {
         section.setAttribute('aria-labelledby', h.id);
         section.append(h);
       } else {
+        // Keeps the heading outline h1 > h2 > h3 for screen-reader navigation.
+        const h = doc.createElement('h2');
+        h.className = 'vh';
+        h.textContent = 'Devices';
+        section.append(h);
         section.setAttribute('aria-label', 'Devices');
       }
       for (const d of g.devices) grid.append(this.cards.get(d.id).el);
