@@ -149,6 +149,29 @@ describe('dashboard against a real bridge', () => {
     await waitFor('the output to show it', async () => (await text(tank.locator('[data-control="feed_grams"] output'))) === '5 g');
   });
 
+  test('a slider held by the pointer stays put under live updates, and sends on release', { timeout: 20000 }, async () => {
+    const control = card(AQUARIUM_ID).locator('[data-control="heater_target"]');
+    const slider = control.getByRole('slider', { name: /^Heater target/ });
+    const box = await slider.boundingBox();
+    const y = box.y + box.height / 2;
+    await page.mouse.move(box.x + box.width * 0.5, y);
+    await page.mouse.down();
+    await page.mouse.move(box.x + box.width * 0.62, y, { steps: 4 });
+    const held = await slider.inputValue();
+    assert.notEqual(held, '25', 'the thumb moved');
+    await sleep(800); // several telemetry renders of this card
+    assert.equal(await slider.inputValue(), held, 'live updates did not move the held thumb');
+    assert.equal(aquarium.state.heater_target, 25, 'nothing sent while held');
+    await page.mouse.up();
+    await waitFor('the device to take the new target', () => aquarium.state.heater_target === Number(held));
+    await waitFor('the output to show it', async () => (await text(control.locator('output'))) === `${Number(held).toFixed(1)} °C`);
+    // Back to 25 with the keyboard, for the next test.
+    await slider.focus();
+    for (let v = Number(held); v > 25; v -= 0.5) await page.keyboard.press('ArrowLeft');
+    await waitFor('the device back at 25', () => aquarium.state.heater_target === 25);
+    await waitFor('the slider at 25', async () => (await slider.inputValue()) === '25');
+  });
+
   test('a rejected command shows the reason and the control returns to the reported value', { timeout: 20000 }, async () => {
     const control = card(AQUARIUM_ID).locator('[data-control="heater_target"]');
     const slider = control.getByRole('slider', { name: /^Heater target/ });

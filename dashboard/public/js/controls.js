@@ -67,6 +67,8 @@ class Control {
     this.statusId = uid('st');
     this.draft = null;
     this.timer = null;
+    /** A finger, mouse or key is still moving the control: leave the draft alone. */
+    this.holding = false;
     this.reported = undefined;
     this.el = el(doc, 'div', { class: `control control-${spec.type ?? 'other'}`, 'data-control': name });
     this.status = el(doc, 'p', { class: 'cmd-status', id: this.statusId, role: 'status', 'aria-live': 'polite' });
@@ -122,7 +124,7 @@ class Control {
   /** Called on every render with the reported value and the latest command on this control. */
   update(reported, cmd, now) {
     this.reported = reported;
-    const busy = this.timer !== null || cmd?.status === 'pending';
+    const busy = this.holding || this.timer !== null || cmd?.status === 'pending';
     if (!busy) this.draft = null;
     this.render(busy);
     const text = commandText(cmd, this.spec, now);
@@ -193,12 +195,19 @@ class RangeControl extends Control {
       type: 'range', id: this.inputId, min, max, step: this.step, 'aria-describedby': this.statusId,
       'aria-label': this.accessibleName(),
     });
+    // `input` fires while dragging, `change` once the value is let go (per key press for keys).
     this.input.addEventListener('input', () => {
+      this.holding = true;
       this.draft = snapToStep(this.input.value, { ...this.spec, step: this.step });
       this.cancelSettle();
       this.render(true);
     });
-    this.input.addEventListener('change', () => this.settle(snapToStep(this.input.value, { ...this.spec, step: this.step })));
+    this.input.addEventListener('change', () => {
+      this.holding = false;
+      this.settle(snapToStep(this.input.value, { ...this.spec, step: this.step }));
+    });
+    // Focus leaving without a `change` (a drag cancelled): nothing is being held any more.
+    this.input.addEventListener('blur', () => { this.holding = false; });
     const nudge = (dir) => {
       const from = this.draft ?? (typeof this.reported === 'number' ? this.reported : min);
       const value = snapToStep(from + dir * this.step, { ...this.spec, step: this.step });
