@@ -3,8 +3,11 @@
 
 use serde_json::{Map, Value};
 
+use rand::Rng;
+
 use crate::kind::ValueType;
 use crate::profile::Field;
+use crate::rng::SplitMix64;
 
 /// Longest string a `string` control accepts; keeps one bad command from bloating retained state.
 const MAX_STRING_LEN: usize = 256;
@@ -140,6 +143,39 @@ fn check_range(spec: &Field, v: f64) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A valid `set` for one randomly chosen control (what a person poking at a dashboard sends);
+/// `None` when there are no controls.
+pub fn random_set_params(controls: &[Field], rng: &mut SplitMix64) -> Option<Value> {
+    if controls.is_empty() {
+        return None;
+    }
+    let c = &controls[rng.random_range(0..controls.len())];
+    let (lo, hi) = (c.min.unwrap_or(0.0), c.max.unwrap_or(100.0));
+    let value = match c.ty {
+        ValueType::Bool => Value::Bool(rng.random_bool(0.5)),
+        ValueType::Enum if c.choices.is_empty() => return None,
+        ValueType::Enum => Value::from(c.choices[rng.random_range(0..c.choices.len())].clone()),
+        ValueType::String => Value::from(format!("sim-{}", rng.random_range(0..1000))),
+        ValueType::Int | ValueType::Float => {
+            let x = match c.step {
+                Some(step) if step > 0.0 => {
+                    let steps = ((hi - lo) / step).floor().max(0.0) as u64;
+                    lo + step * rng.random_range(0..=steps) as f64
+                }
+                _ => lo + (hi - lo) * rng.unit(),
+            };
+            if c.ty == ValueType::Int {
+                Value::from(x.round() as i64)
+            } else {
+                Value::from((x * 100.0).round() / 100.0)
+            }
+        }
+    };
+    let mut params = Map::new();
+    params.insert(c.name.clone(), value);
+    Some(Value::Object(params))
 }
 
 /// `{"id":..,"ok":true,"result":..}`
@@ -354,6 +390,23 @@ mod tests {
         assert_eq!(parse(br#"{"id":"","action":"set"}"#), None);
         assert_eq!(parse(br#"{"id":5,"action":"set"}"#), None);
         assert_eq!(parse(br#"["id"]"#), None);
+    }
+
+    #[test]
+    fn random_params_are_always_valid() {
+        let mut rng = SplitMix64::new(3);
+        for kind in Kind::ALL {
+            let profile = crate::profile::Profile::builtin(kind);
+            for _ in 0..200 {
+                match random_set_params(&profile.controls, &mut rng) {
+                    Some(params) => assert!(
+                        validate_set(&profile.controls, &params).is_ok(),
+                        "{kind}: {params}"
+                    ),
+                    None => assert!(profile.controls.is_empty()),
+                }
+            }
+        }
     }
 
     #[test]

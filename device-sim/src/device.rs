@@ -27,7 +27,7 @@ use crate::codec::{self, PayloadFormat};
 use crate::command;
 use crate::fault::{AckMode, BadPayload, DeviceTopic, ModeChange, Modes};
 use crate::link::{Backoff, Link, LinkError, Target};
-use crate::profile::{DeviceKind, Profile};
+use crate::profile::Profile;
 use crate::ramp::Ramp;
 use crate::rng::SplitMix64;
 use crate::sim::Sim;
@@ -43,8 +43,8 @@ const BURST_DONE: u8 = BURST_PUBLISHES | BURST_SUBSCRIBED;
 /// What the device task and its handle share. Small on purpose: one per simulated device.
 pub(crate) struct Shared {
     pub id: String,
-    pub kind: DeviceKind,
-    pub accepts_set: bool,
+    /// The kind's shared description (8 bytes here, one copy per kind).
+    pub profile: Arc<Profile>,
     pub state: Mutex<Map<String, Value>>,
     /// Connected (CONNACK received) and the connection has not failed since.
     pub connected: AtomicBool,
@@ -191,8 +191,7 @@ impl Device {
     pub(crate) fn new(spec: DeviceSpec, ctx: Arc<Context>, phase: Duration) -> Device {
         let sim = Sim::new(&spec.profile, spec.seed);
         let shared = Arc::new(Shared {
-            kind: spec.profile.kind.clone(),
-            accepts_set: spec.profile.accepts_set(),
+            profile: spec.profile.clone(),
             state: Mutex::new(sim.controls().clone()),
             connected: AtomicBool::new(false),
             online: watch::Sender::new(false),

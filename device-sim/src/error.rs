@@ -29,6 +29,9 @@ pub enum SimError {
     /// A scenario file could not be read or is not valid.
     #[error(transparent)]
     Scenario(#[from] crate::scenario::ScenarioError),
+    /// The observer's certificates are unusable.
+    #[error("observer: {0}")]
+    Observer(#[from] crate::observer::ObserverError),
     /// `wait_connected` ran out of time.
     #[error("{missing} of {total} devices not online after {waited:?} (first: {first})")]
     NotConnected {

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::broker::{self, BrokerOpts, TlsFactory};
 use crate::device::{Context, Control, Device, Shared};
-use crate::profile::DeviceKind;
+use crate::profile::{DeviceKind, Profile};
 use crate::ramp::Ramp;
 use crate::scenario::Scenario;
 use crate::spec::{is_valid_device_id, telemetry_phase, DeviceSpec, FleetSpec};
@@ -36,7 +36,12 @@ impl DeviceHandle {
 
     /// Its kind; compares equal to a built-in [`crate::Kind`] (`device.kind() == Kind::Light`).
     pub fn kind(&self) -> DeviceKind {
-        self.shared.kind.clone()
+        self.shared.profile.kind.clone()
+    }
+
+    /// Its kind's description: fields, controls, actions and command behaviour.
+    pub fn profile(&self) -> &Arc<Profile> {
+        &self.shared.profile
     }
 
     /// Current control values: what the device last reported on `state`.
@@ -74,7 +79,7 @@ impl DeviceHandle {
 
     /// Whether the device takes `set` commands.
     pub fn accepts_set(&self) -> bool {
-        self.shared.accepts_set
+        self.shared.profile.accepts_set()
     }
 
     /// A fault that makes commands to it unreliable (a disconnect, stopped or slow acks) is active.
@@ -204,7 +209,7 @@ impl Fleet {
             let device = Device::new(spec, ctx.clone(), phase);
             let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
             let shared = device.shared.clone();
-            let span = tracing::info_span!("device", id = %shared.id, kind = %shared.kind);
+            let span = tracing::info_span!("device", id = %shared.id, kind = %shared.profile.kind);
             tasks.spawn(device.run(control_rx, shutdown.clone()).instrument(span));
             index.insert(shared.id.clone(), devices.len());
             devices.push(DeviceHandle { shared, control });

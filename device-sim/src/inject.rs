@@ -145,7 +145,7 @@ impl Fleet {
         let pairs: Vec<(&str, &str)> = self
             .devices
             .iter()
-            .map(|d| (d.id(), d.shared.kind.as_str()))
+            .map(|d| (d.id(), d.shared.profile.kind.as_str()))
             .collect();
         let chosen = fault.choose(&pairs);
         let targets: Vec<Target> = chosen

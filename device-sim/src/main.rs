@@ -1,17 +1,26 @@
-//! `device-sim` command line: run a simulated fleet against a broker until SIGINT/SIGTERM.
+//! `device-sim` command line: `run` a scenario file and judge it, `check` one without running it,
+//! or run a plain `fleet` until interrupted.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{ArgGroup, Parser, Subcommand};
-use device_sim::{BrokerOpts, DeviceIdentity, Fleet, FleetSpec, Kind};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
+use device_sim::duration::{format_duration, parse_duration};
+use device_sim::observer::ObserverOpts;
+use device_sim::run::{self, RunOptions};
+use device_sim::{report, BrokerOpts, DeviceIdentity, Fleet, FleetSpec, Kind, Scenario};
 use tracing::{info, warn};
 
-/// Exit code for a bad command line or unreadable input files (BSD `EX_USAGE`).
+/// Exit code for a bad command line, scenario or input file (BSD `EX_USAGE`).
 const EXIT_USAGE: u8 = 64;
+/// Exit code when the run finished but an expectation did not hold.
+const EXIT_FAILED: u8 = 1;
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+/// Plain progress lines (CI logs) come this often.
+const LINES_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
 #[command(
@@ -26,8 +35,93 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a scenario: fleet, fault timeline and expectations; exit 0 only if every expectation held.
+    Run(Box<RunArgs>),
+    /// Check a scenario file and print what it would run, without connecting anywhere.
+    Check(CheckArgs),
     /// Run a fleet of devices until interrupted; each publishes `offline` on the way out.
-    Fleet(FleetArgs),
+    Fleet(Box<FleetArgs>),
+}
+
+/// Where devices connect; on `run` these override the scenario's `[broker]`.
+#[derive(clap::Args, Default)]
+struct BrokerFlags {
+    /// Broker address, HOST:PORT.
+    #[arg(long)]
+    broker: Option<String>,
+    /// CA certificate (PEM) the broker's certificate chains to.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// CA private key: mint a client certificate per device (CN = device id).
+    #[arg(long, conflicts_with_all = ["cert", "key"])]
+    ca_key: Option<PathBuf>,
+    /// One client certificate (PEM) for every device.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) for --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// MQTT topic prefix.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// MQTT keep-alive, e.g. 30s.
+    #[arg(long, value_parser = parse_duration)]
+    keep_alive: Option<Duration>,
+    /// New connections per second across the fleet (the connection ramp).
+    #[arg(long)]
+    connect_rate: Option<f64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProgressMode {
+    /// A live line on a terminal, plain lines otherwise (and whenever CI is set).
+    Auto,
+    Live,
+    Lines,
+    Off,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The scenario file (TOML).
+    scenario: PathBuf,
+    /// How long to run, e.g. 60s (default: the scenario's `duration`, else 60s).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Seed instead of the scenario's.
+    #[arg(long)]
+    seed: Option<u64>,
+    #[command(flatten)]
+    broker: BrokerFlags,
+    /// The bridge the observer connects to, HOST:PORT (overrides `[observer] bridge`).
+    #[arg(long)]
+    bridge: Option<String>,
+    /// CA of the bridge's server certificate (default: the broker CA).
+    #[arg(long)]
+    bridge_ca: Option<PathBuf>,
+    /// The observer's client certificate (PEM); its CN is its identity at the bridge.
+    #[arg(long, requires = "observer_key")]
+    observer_cert: Option<PathBuf>,
+    #[arg(long, requires = "observer_cert")]
+    observer_key: Option<PathBuf>,
+    /// Name the bridge's certificate is checked against (default: the host of --bridge).
+    #[arg(long)]
+    bridge_server_name: Option<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    scenario: PathBuf,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Also list every device (id, kind, room, name, format).
+    #[arg(long)]
+    devices: bool,
 }
 
 #[derive(clap::Args)]
@@ -74,41 +168,23 @@ struct FleetArgs {
     /// MQTT keep-alive, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     keep_alive: Duration,
+    /// New connections per second across the fleet (the connection ramp).
+    #[arg(long)]
+    connect_rate: Option<f64>,
 }
 
-/// Parses `250ms`, `1.5s`, `2m`, `1h`, or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 500ms, 1s or 2m"))?;
-    let secs = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit '{other}' (use ms, s, m or h)"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("'{s}': {e}"))
-}
-
-fn parse_broker(s: &str) -> anyhow::Result<(String, u16)> {
-    let (host, port) = s.rsplit_once(':').context("--broker must be HOST:PORT")?;
+/// `HOST:PORT` (IPv6 hosts in brackets).
+fn parse_host_port(s: &str, what: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .with_context(|| format!("{what} must be HOST:PORT"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
-        bail!("--broker must be HOST:PORT, got '{s}'");
+        bail!("{what} must be HOST:PORT, got '{s}'");
     }
     let port = port
         .parse()
-        .with_context(|| format!("bad port in --broker '{s}'"))?;
+        .with_context(|| format!("bad port in {what} '{s}'"))?;
     Ok((host.to_string(), port))
 }
 
@@ -116,8 +192,8 @@ fn read(path: &Path, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
 }
 
-fn broker_opts(args: &FleetArgs) -> anyhow::Result<BrokerOpts> {
-    let (host, port) = parse_broker(&args.broker)?;
+fn fleet_broker_opts(args: &FleetArgs) -> anyhow::Result<BrokerOpts> {
+    let (host, port) = parse_host_port(&args.broker, "--broker")?;
     let ca_pem = read(&args.ca, "CA certificate")?;
     let identity = match (&args.ca_key, &args.cert, &args.key) {
         (Some(ca_key), _, _) => DeviceIdentity::MintFromCa {
@@ -133,7 +209,88 @@ fn broker_opts(args: &FleetArgs) -> anyhow::Result<BrokerOpts> {
     let mut opts = BrokerOpts::new(host, port, ca_pem, identity);
     opts.topic_prefix = args.prefix.clone();
     opts.keep_alive = args.keep_alive;
+    opts.connect_rate = args.connect_rate;
     Ok(opts)
+}
+
+/// The broker settings of a run: flags first, then the scenario's `[broker]`.
+fn run_broker_opts(flags: &BrokerFlags, scenario: &Scenario) -> anyhow::Result<BrokerOpts> {
+    let s = &scenario.broker;
+    let address =
+        flags.broker.clone().or_else(|| s.address.clone()).context(
+            "no broker: give --broker HOST:PORT or set [broker] address in the scenario",
+        )?;
+    let (host, port) = parse_host_port(&address, "the broker address")?;
+    let ca = flags
+        .ca
+        .clone()
+        .or_else(|| s.ca.clone())
+        .context("no broker CA: give --ca or set [broker] ca")?;
+    let ca_pem = read(&ca, "CA certificate")?;
+    let from_flags = flags.ca_key.is_some() || flags.cert.is_some();
+    let (ca_key, cert, key) = if from_flags {
+        (flags.ca_key.clone(), flags.cert.clone(), flags.key.clone())
+    } else {
+        (s.ca_key.clone(), s.cert.clone(), s.key.clone())
+    };
+    let identity = match (ca_key, cert, key) {
+        (Some(ca_key), _, _) => DeviceIdentity::MintFromCa {
+            ca_cert_pem: ca_pem.clone(),
+            ca_key_pem: read(&ca_key, "CA key")?,
+        },
+        (None, Some(cert), Some(key)) => DeviceIdentity::Shared {
+            cert_pem: read(&cert, "client certificate")?,
+            key_pem: read(&key, "client key")?,
+        },
+        _ => bail!(
+            "no device identity: give --ca-key (or --cert and --key), or set them in [broker]"
+        ),
+    };
+    let mut opts = BrokerOpts::new(host, port, ca_pem, identity);
+    if let Some(prefix) = flags.prefix.clone().or_else(|| s.prefix.clone()) {
+        opts.topic_prefix = prefix;
+    }
+    if let Some(keep_alive) = flags.keep_alive.or(s.keep_alive) {
+        opts.keep_alive = keep_alive;
+    }
+    opts.connect_rate = flags.connect_rate.or(s.connect_rate);
+    Ok(opts)
+}
+
+/// The observer settings of a run, or `None` when no bridge is named anywhere.
+fn observer_opts(
+    args: &RunArgs,
+    scenario: &Scenario,
+    broker_ca: &str,
+) -> anyhow::Result<Option<ObserverOpts>> {
+    let s = &scenario.observer;
+    let Some(bridge) = args.bridge.clone().or_else(|| s.bridge.clone()) else {
+        return Ok(None);
+    };
+    let (host, port) = parse_host_port(&bridge, "the bridge address")?;
+    let ca_pem = match args.bridge_ca.clone().or_else(|| s.ca.clone()) {
+        Some(path) => read(&path, "bridge CA")?,
+        None => broker_ca.to_string(),
+    };
+    let (cert, key) = match (&args.observer_cert, &args.observer_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => match (&s.cert, &s.key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => bail!("the observer needs a client certificate: give --observer-cert and --observer-key, or set [observer] cert and key"),
+        },
+    };
+    Ok(Some(ObserverOpts {
+        server_name: args
+            .bridge_server_name
+            .clone()
+            .or_else(|| s.server_name.clone())
+            .unwrap_or_else(|| host.clone()),
+        host,
+        port,
+        ca_pem,
+        cert_pem: read(&cert, "observer certificate")?,
+        key_pem: read(&key, "observer key")?,
+    }))
 }
 
 async fn shutdown_signal() {
@@ -148,7 +305,7 @@ async fn shutdown_signal() {
                 }
             }
             Err(err) => {
-                warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the fleet");
+                warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the run");
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
@@ -157,8 +314,140 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Whether a run fails (exit 1) or could not even start (exit 64).
+enum Failure {
+    Usage(anyhow::Error),
+    Failed,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Usage(e)
+    }
+}
+
+fn load(path: &Path, seed: Option<u64>) -> anyhow::Result<Scenario> {
+    let mut scenario = Scenario::from_file(path)?;
+    if let Some(seed) = seed {
+        scenario.set_seed(seed);
+    }
+    Ok(scenario)
+}
+
+async fn run_scenario(args: RunArgs) -> Result<(), Failure> {
+    let scenario = load(&args.scenario, args.seed)?;
+    let broker = run_broker_opts(&args.broker, &scenario)?;
+    let observer = observer_opts(&args, &scenario, &broker.ca_pem)?;
+    let duration = args
+        .duration
+        .or(scenario.duration)
+        .unwrap_or(Duration::from_secs(60));
+    let mode = match args.progress {
+        ProgressMode::Auto
+            if std::io::stderr().is_terminal() && std::env::var_os("CI").is_none() =>
+        {
+            ProgressMode::Live
+        }
+        ProgressMode::Auto => ProgressMode::Lines,
+        other => other,
+    };
+    let mut opts = RunOptions::new(broker, observer, duration);
+    opts.progress_every = if mode == ProgressMode::Live {
+        Duration::from_secs(1)
+    } else {
+        LINES_EVERY
+    };
+    let stop = opts.stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+    eprintln!(
+        "device-sim: running '{}' with {} devices for {}",
+        scenario.name,
+        scenario.device_count(),
+        format_duration(duration)
+    );
+    let mut on_progress = |p: &run::Progress| match mode {
+        ProgressMode::Live => eprint!("\r{}\x1b[K", report::progress_line(p)),
+        ProgressMode::Lines => eprintln!("{}", report::progress_line(p)),
+        _ => {}
+    };
+    let result = run::run(&scenario, opts, &mut on_progress).await;
+    if mode == ProgressMode::Live {
+        eprintln!();
+    }
+    let report = result.map_err(|e| Failure::Usage(e.into()))?;
+    print!("{}", report::summary(&report));
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| Failure::Usage(e.into()))?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+    }
+    if report.passed || (report.expectations.is_empty() && !report.interrupted) {
+        Ok(())
+    } else {
+        Err(Failure::Failed)
+    }
+}
+
+fn check_scenario(args: CheckArgs) -> anyhow::Result<()> {
+    let scenario = load(&args.scenario, args.seed)?;
+    let devices = scenario.devices();
+    println!(
+        "scenario '{}' (seed {}): {} devices",
+        scenario.name,
+        scenario.seed(),
+        devices.len()
+    );
+    for g in &scenario.groups {
+        println!(
+            "  {} x {} every {} (id '{}', {}% CBOR, QoS {})",
+            g.count,
+            g.profile.kind,
+            format_duration(g.interval),
+            g.id,
+            (g.cbor_share * 100.0).round(),
+            g.qos
+        );
+    }
+    let pairs: Vec<(&str, &str)> = devices
+        .iter()
+        .map(|d| (d.id.as_str(), d.kind().as_str()))
+        .collect();
+    for f in scenario.faults() {
+        let hit = f.choose(&pairs).len();
+        let lasts = f
+            .duration
+            .map(|d| format!(" for {}", format_duration(d)))
+            .unwrap_or_default();
+        println!(
+            "  fault '{}' ({}) at {}{lasts}: {hit} devices",
+            f.name,
+            f.action.type_name(),
+            format_duration(f.at)
+        );
+    }
+    for e in &scenario.expectations {
+        println!("  expect {} ({})", e.name, e.check.type_name());
+    }
+    if args.devices {
+        for d in &devices {
+            println!(
+                "{}\t{}\t{}\t{}\t{}",
+                d.id,
+                d.kind(),
+                d.room,
+                d.name,
+                d.format.as_str()
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
-    let broker = broker_opts(&args)?;
+    let broker = fleet_broker_opts(&args)?;
     let spec = FleetSpec {
         count: args.count,
         kinds: args.kinds,
@@ -178,6 +467,7 @@ async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
             _ = &mut shutdown => break,
             _ = summary.tick() => {
                 let s = fleet.stats();
+                let rss = run::rss_kb().map(|(rss, _)| rss / 1024);
                 info!(
                     connected = s.connected,
                     online = s.online,
@@ -185,6 +475,7 @@ async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
                     published = s.published,
                     commands = s.commands_handled,
                     dropped = s.dropped,
+                    rss_mb = ?rss,
                     "fleet summary"
                 );
             }
@@ -198,9 +489,10 @@ async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttc=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,device_sim=warn")),
         )
         .init();
     let cli = Cli::parse();
@@ -212,11 +504,14 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Fleet(args) => runtime.block_on(run_fleet(args)),
+        Command::Run(args) => runtime.block_on(run_scenario(*args)),
+        Command::Check(args) => check_scenario(args).map_err(Failure::Usage),
+        Command::Fleet(args) => runtime.block_on(run_fleet(*args)).map_err(Failure::Usage),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+        Err(Failure::Failed) => ExitCode::from(EXIT_FAILED),
+        Err(Failure::Usage(err)) => {
             eprintln!("device-sim: {err:#}");
             ExitCode::from(EXIT_USAGE)
         }
@@ -229,32 +524,22 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("3 weeks").is_err());
-    }
-
-    #[test]
-    fn broker_addresses() {
+    fn addresses() {
         assert_eq!(
-            parse_broker("localhost:8883").unwrap(),
+            parse_host_port("localhost:8883", "x").unwrap(),
             ("localhost".to_string(), 8883)
         );
         assert_eq!(
-            parse_broker("[::1]:8883").unwrap(),
+            parse_host_port("[::1]:8883", "x").unwrap(),
             ("::1".to_string(), 8883)
         );
-        assert!(parse_broker("localhost").is_err());
-        assert!(parse_broker(":8883").is_err());
-        assert!(parse_broker("host:99999").is_err());
+        assert!(parse_host_port("localhost", "x").is_err());
+        assert!(parse_host_port(":8883", "x").is_err());
+        assert!(parse_host_port("host:99999", "x").is_err());
     }
 
     #[test]
-    fn cli_requires_exactly_one_identity() {
+    fn fleet_requires_exactly_one_identity() {
         Cli::command().debug_assert();
         let base = ["device-sim", "fleet", "--broker", "h:1", "--ca", "ca.pem"];
         assert!(Cli::try_parse_from(base).is_err(), "no identity accepted");
@@ -276,9 +561,84 @@ mod tests {
         ]) else {
             panic!("valid command line rejected");
         };
-        let Command::Fleet(args) = cli.command;
+        let Command::Fleet(args) = cli.command else {
+            panic!("not fleet")
+        };
         assert_eq!(args.kinds, vec![Kind::Light, Kind::Blind]);
+        let args = *args;
         assert_eq!(args.interval, Duration::from_millis(200));
         assert_eq!(args.count, 12);
+    }
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "device-sim",
+            "run",
+            "s.toml",
+            "--duration",
+            "15s",
+            "--broker",
+            "h:1",
+            "--ca-key",
+            "k",
+            "--bridge",
+            "h:2",
+            "--observer-cert",
+            "o.pem",
+            "--observer-key",
+            "o.key",
+            "--progress",
+            "lines",
+        ]);
+        let Ok(Cli {
+            command: Command::Run(args),
+        }) = cli
+        else {
+            panic!("rejected")
+        };
+        assert_eq!(args.duration, Some(Duration::from_secs(15)));
+        assert!(args.progress == ProgressMode::Lines);
+        assert!(
+            Cli::try_parse_from(["device-sim", "run", "s.toml", "--observer-cert", "o.pem"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn flags_override_the_scenario() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not checked here").unwrap();
+        let key = dir.path().join("ca.key");
+        std::fs::write(&key, "k").unwrap();
+        let text = format!(
+            "[broker]\naddress = \"file-host:1\"\nca = \"{}\"\nca_key = \"{}\"\nprefix = \"lab\"\nconnect_rate = 5\n[[fleet]]\nkind = \"light\"\ncount = 1",
+            ca.display(),
+            key.display()
+        );
+        let scenario = Scenario::from_toml(&text, dir.path()).unwrap();
+        let opts = run_broker_opts(&BrokerFlags::default(), &scenario).unwrap();
+        assert_eq!(
+            (opts.host.as_str(), opts.port, opts.topic_prefix.as_str()),
+            ("file-host", 1, "lab")
+        );
+        assert_eq!(opts.connect_rate, Some(5.0));
+        let flags = BrokerFlags {
+            broker: Some("flag-host:2".into()),
+            connect_rate: Some(9.0),
+            ..BrokerFlags::default()
+        };
+        let opts = run_broker_opts(&flags, &scenario).unwrap();
+        assert_eq!(
+            (opts.host.as_str(), opts.port, opts.connect_rate),
+            ("flag-host", 2, Some(9.0))
+        );
+        let bare =
+            Scenario::from_toml("[[fleet]]\nkind = \"light\"\ncount = 1", dir.path()).unwrap();
+        let e = run_broker_opts(&BrokerFlags::default(), &bare)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--broker"), "{e}");
     }
 }

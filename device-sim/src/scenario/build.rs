@@ -467,6 +467,15 @@ fn expectations(sections: &[file::ExpectSection], faults: &[Fault]) -> Res<Vec<E
         let check = match t {
             "devices_visible" => Check::DevicesVisible { within: within()? },
             "commands_answered" => {
+                if out
+                    .iter()
+                    .any(|x: &Expectation| matches!(x.check, Check::CommandsAnswered { .. }))
+                {
+                    return bad(
+                        at("type"),
+                        "one commands_answered per scenario: its commands are judged together",
+                    );
+                }
                 let rate = e.rate.unwrap_or(1.0);
                 if !(rate > 0.0 && rate <= 1000.0) {
                     return bad(
