@@ -2,7 +2,7 @@
 // bridge and simulated devices, each on a free local port, all stopped again at the end.
 
 import { spawn } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, rmSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import https from 'node:https';
 import net from 'node:net';
@@ -70,6 +70,19 @@ export class Stack {
     this.procs = new Map();
     this.clients = [];
     this.logDir = path.join(RESULTS, 'logs');
+    // Whatever happens to the test process (a crash, Ctrl-C, the runner's timeout), no broker,
+    // bridge or fleet outlives it.
+    this.onExit = () => {
+      for (const child of this.procs.values()) child.kill('SIGKILL');
+      if (this.dir) rmSync(this.dir, { recursive: true, force: true });
+    };
+    process.once('exit', this.onExit);
+    for (const signal of ['SIGINT', 'SIGTERM']) {
+      process.once(signal, () => {
+        this.onExit();
+        process.exit(130);
+      });
+    }
   }
 
   /** Certificates, broker, bridge and an 8-device fleet; throws (after cleaning up) if any fails. */
@@ -226,6 +239,7 @@ export class Stack {
     // Devices first (their `offline` goes out cleanly), then the bridge, then the broker.
     const order = [...this.procs.keys()].sort((a, b) => rank(a) - rank(b));
     for (const name of order) await this.kill(name, 'SIGTERM', 5000).catch(() => {});
+    process.removeListener('exit', this.onExit);
     if (this.dir && (await stat(this.dir).catch(() => null))) await rm(this.dir, { recursive: true, force: true });
   }
 }
