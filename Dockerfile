@@ -8,16 +8,9 @@
 # binaries are built. The dashboard's files are embedded into iot-bridge at compile time.
 FROM rust:1-bookworm AS build
 WORKDIR /src
-# Only what the build reads: no target/, no dev-certs/ (private keys), no node_modules/.
-COPY Cargo.toml Cargo.lock ./
-COPY bridge bridge
-COPY certs certs
-COPY device-sim device-sim
-COPY demo demo
-COPY tests/Cargo.toml tests/Cargo.toml
-COPY tests/src tests/src
-COPY tests/tests tests/tests
-COPY dashboard/public dashboard/public
+# Everything but what .dockerignore keeps out (target/, dev-certs/ with its private keys,
+# node_modules/): Cargo needs every workspace member's sources to resolve the workspace.
+COPY . .
 # Cache mounts keep the registry and compiled dependencies between builds; the binaries are
 # copied out because the target cache is not part of the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

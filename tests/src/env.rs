@@ -119,6 +119,13 @@ impl TestEnv {
                     return Ok(());
                 }
             }
+            if !self.bridge.is_running() {
+                return Err(E2eError::Bridge(
+                    "the bridge stopped while waiting for /readyz (its error is in the log; \
+                     `Bridge::stop` returns it)"
+                        .into(),
+                ));
+            }
             if started.elapsed() > timeout {
                 return Err(E2eError::timeout(format!("/readyz {status}"), timeout));
             }
@@ -235,7 +242,14 @@ impl TestEnvBuilder {
             ops,
         };
         env.fleet.wait_connected(SETUP_TIMEOUT).await?;
-        env.wait_readyz(200, SETUP_TIMEOUT).await?;
+        if let Err(e) = env.wait_readyz(200, SETUP_TIMEOUT).await {
+            let mut env = env;
+            // A bridge that stopped by itself has a better story than the timeout.
+            if !env.bridge.is_running() {
+                env.bridge.stop().await?;
+            }
+            return Err(e);
+        }
         env.wait_devices_online(SETUP_TIMEOUT).await?;
         Ok(env)
     }

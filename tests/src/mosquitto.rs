@@ -19,6 +19,8 @@ pub const CONTAINER_CERTS_DIR: &str = "/mosquitto/certs/";
 /// Where the shipped config expects itself and the ACL file.
 pub const CONTAINER_CONFIG_DIR: &str = "/mosquitto/config/";
 
+/// What Mosquitto logs once its listeners are open ("mosquitto version 2.0.11 running").
+const RUNNING: &str = " running";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Attempts at a free port before giving up (another process may take the port we picked).
 const PORT_ATTEMPTS: usize = 5;
@@ -195,6 +197,8 @@ impl Mosquitto {
     }
 
     async fn spawn(&mut self) -> Result<(), E2eError> {
+        // Counted before the process starts: it may log "running" before we look.
+        let runs_before = self.log().matches(RUNNING).count();
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -214,15 +218,14 @@ impl Mosquitto {
             })?;
         tracing::debug!(pid = child.id(), port = self.port, "mosquitto started");
         self.child = Some(child);
-        self.wait_ready().await
+        self.wait_ready(runs_before).await
     }
 
     /// Ready = the process still runs, it logged that it is running, and the port accepts.
     /// The log check matters: if another process holds the port, connecting alone would succeed.
-    async fn wait_ready(&mut self) -> Result<(), E2eError> {
+    async fn wait_ready(&mut self, runs_before: usize) -> Result<(), E2eError> {
         let started = Instant::now();
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let runs_since = self.log().matches(" running").count();
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -230,7 +233,7 @@ impl Mosquitto {
                     return Err(self.failure(format!("exited during start-up: {status}")));
                 }
             }
-            let logged = self.log().matches(" running").count() > runs_since;
+            let logged = self.log().matches(RUNNING).count() > runs_before;
             if logged {
                 let probe = tokio::net::TcpStream::connect(addr);
                 if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe).await {

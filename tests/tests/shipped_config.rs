@@ -254,3 +254,32 @@ fn docker_compose_runs_bridge_and_fleet_against_the_broker() {
         );
     }
 }
+
+#[test]
+fn the_image_holds_every_binary_compose_runs_and_no_keys() {
+    let root = shipped_dir().join("..");
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).expect(".dockerignore");
+    let compose = compose();
+    let services = compose["services"].as_hash().expect("services is a map");
+    for (name, service) in services {
+        if service["build"].is_badvalue() {
+            continue;
+        }
+        let binary = strings(&service["command"])[0];
+        assert!(
+            dockerfile.contains(&format!("target/release/{binary}")),
+            "{name:?} runs {binary}, which the Dockerfile does not copy into the image"
+        );
+        assert!(
+            dockerfile.contains(&format!("-p {binary}")),
+            "the Dockerfile does not build {binary}"
+        );
+    }
+    for kept_out in ["dev-certs/", "target/", "*.key"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == kept_out),
+            ".dockerignore must keep {kept_out} out of the build context"
+        );
+    }
+}
