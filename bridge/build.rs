@@ -1,4 +1,5 @@
-//! Records the git commit the bridge is built from, for `--version` and the `welcome` message.
+//! Records the git commit the bridge is built from (for `--version` and `welcome`), and
+//! rebuilds when the embedded dashboard changes.
 
 use std::process::Command;
 
@@ -22,4 +23,6 @@ fn main() {
     // Rebuild when HEAD moves; a missing .git (e.g. a source tarball) is fine.
     println!("cargo:rerun-if-changed=../.git/HEAD");
     println!("cargo:rerun-if-changed=../.git/index");
+    // rust-embed reads the dashboard at compile time; new files must trigger a rebuild too.
+    println!("cargo:rerun-if-changed=../dashboard/public");
 }

@@ -47,13 +47,7 @@ if [ "$what" = e2e ] || [ "$what" = all ]; then
         need_pkg chromium chromium fonts-dejavu-core
     fi
 
-    # The bridge embeds dashboard/public/ at build time; cargo notices edited files but not
-    # added ones, so a file newer than the binary forces the bridge crate to be rebuilt.
-    target=${CARGO_TARGET_DIR:-../target}
-    bridge_bin="$target/debug/iot-bridge"
-    if [ -e "$bridge_bin" ] && [ -n "$(find public -newer "$bridge_bin" -print -quit)" ]; then
-        touch ../bridge/src/server.rs
-    fi
+    # The bridge embeds dashboard/public/ at build time (its build script watches the folder).
     log "cargo build (bridge, device-sim, certs)"
     (cd .. && cargo build --locked -p iot-bridge -p device-sim -p iot-certs)
 

@@ -207,9 +207,16 @@ impl Hub {
 
     /// Records the broker link state and tells every session when it changes.
     pub fn set_broker_up(&self, up: bool) {
-        let inner = self.lock();
+        let mut inner = self.lock();
         if self.broker_up.swap(up, Ordering::AcqRel) == up {
             return;
+        }
+        if !up {
+            // What we knew is stale; the broker's retained status (replayed after reconnect)
+            // confirms each device afresh and every confirmation reaches the clients.
+            for d in inner.devices.values_mut() {
+                d.online = None;
+            }
         }
         let status = if up { "up" } else { "down" };
         let frame = Frame::new(&ServerMsg::Broker { status }, None, self.wires());

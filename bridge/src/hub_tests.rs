@@ -241,7 +241,13 @@ fn broker_down_marks_presence_stale_and_tells_everyone() {
     assert_eq!(drain(&outbox), [json!({"type":"broker","status":"down"})]);
     assert_eq!(hub.presence("a"), Some(Presence::Stale));
     hub.set_broker_up(true);
-    assert_eq!(hub.presence("a"), Some(Presence::Online));
+    assert_eq!(
+        hub.presence("a"),
+        Some(Presence::Unknown),
+        "not confirmed yet"
+    );
+    hub.on_status("a", true);
+    assert_eq!(drain(&outbox).last().unwrap()["presence"], "online");
 }
 
 #[test]

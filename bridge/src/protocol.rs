@@ -9,6 +9,8 @@ use serde_json::{Map, Value};
 pub const SUBPROTOCOL_JSON: &str = "iotbridge.v1.json";
 pub const SUBPROTOCOL_CBOR: &str = "iotbridge.v1.cbor";
 pub const PROTOCOL_VERSION: &str = "iotbridge.v1";
+/// What `welcome.features` announces, so clients need not probe.
+pub const FEATURES: &[&str] = &["history", "resume", "max_rate_hz", "fields", "cbor", "acl"];
 
 /// The two wire formats: same messages, JSON text frames or CBOR binary frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,6 +306,8 @@ pub enum ServerMsg<'a> {
         permissions: Permissions<'a>,
         broker: &'static str,
         limits: LimitsView,
+        /// Optional requests and behaviours this bridge supports.
+        features: &'static [&'static str],
     },
     Snapshot {
         #[serde(skip_serializing_if = "Option::is_none")]

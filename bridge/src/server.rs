@@ -238,6 +238,16 @@ async fn dashboard_file(uri: Uri) -> Response {
                             .unwrap_or(HeaderValue::from_static("application/octet-stream")),
                     ),
                     (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                    // The dashboard must not be framed by another site (clickjacking).
+                    (
+                        header::CONTENT_SECURITY_POLICY,
+                        HeaderValue::from_static("frame-ancestors 'none'"),
+                    ),
+                    (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+                    (
+                        header::REFERRER_POLICY,
+                        HeaderValue::from_static("no-referrer"),
+                    ),
                     (
                         header::X_CONTENT_TYPE_OPTIONS,
                         HeaderValue::from_static("nosniff"),

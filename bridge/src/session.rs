@@ -245,6 +245,7 @@ impl Session {
                 max_frame_bytes: config.limits.max_frame_bytes,
                 max_subscriptions: config.limits.max_subscriptions,
             },
+            features: protocol::FEATURES,
         };
         self.send(&msg);
     }

@@ -202,7 +202,6 @@ async fn a_restarted_bridge_rebuilds_every_device_from_the_broker() -> Result<()
 /// After a broker restart the bridge must not keep vouching for presence it knew before the
 /// outage: a device that never comes back is not `online`, and one that does is announced again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bridge keeps pre-outage presence: Hub::on_status dedups against it (see the e2e report)"]
 async fn presence_is_confirmed_again_after_a_broker_restart() -> Result<(), E2eError> {
     let mut env = TestEnv::new()
         .devices(2)
