@@ -259,7 +259,8 @@ impl Config {
                 cert: dir.join("server.pem"),
                 key: dir.join("server.key"),
                 client_ca: dir.join("ca.pem"),
-                crl: None,
+                // The certs tool keeps a CRL beside the CA; use it when it is there.
+                crl: Some(dir.join("crl.pem")).filter(|p| p.is_file()),
                 identity: IdentitySource::Cn,
             },
             broker: BrokerConfig {

@@ -358,7 +358,11 @@ impl Session {
                 };
                 match hub.history(req, &device, &query, &self.readable, self.wire) {
                     Some(frame) => self.outbox.push(frame),
-                    None => self.error(req, ErrorCode::UnknownDevice, "unknown device"),
+                    None => self.error(
+                        req,
+                        ErrorCode::UnknownDevice,
+                        &format!("unknown device {device:?}"),
+                    ),
                 }
             }
             ClientMsg::List {} => self.outbox.push(hub.list(req, &self.readable, self.wire)),

@@ -56,9 +56,11 @@ fn rendering_changes_only_the_listener_port_and_the_two_folders() -> Result<(), 
             changed.insert(name.to_owned());
         }
     }
-    let expected: BTreeSet<String> = ["listener", "cafile", "certfile", "keyfile", "acl_file"]
-        .map(String::from)
-        .into();
+    let expected: BTreeSet<String> = [
+        "listener", "cafile", "certfile", "keyfile", "crlfile", "acl_file",
+    ]
+    .map(String::from)
+    .into();
     assert_eq!(changed, expected);
     assert!(
         !rendered.contains("/mosquitto/"),
@@ -98,6 +100,7 @@ fn shipped_config_requires_client_certificates_and_uses_the_acl() -> Result<(), 
         ("cafile", "/mosquitto/certs/ca.pem"),
         ("certfile", "/mosquitto/certs/broker.pem"),
         ("keyfile", "/mosquitto/certs/broker.key"),
+        ("crlfile", "/mosquitto/certs/crl.pem"),
         ("log_dest", "stderr"),
     ] {
         assert!(settings.contains(&want), "missing `{} {}`", want.0, want.1);
@@ -203,6 +206,7 @@ fn docker_compose_mounts_the_shipped_mosquitto_files() -> Result<(), E2eError> {
                 &dev_certs.ca_cert,
                 &dev_certs.broker_cert,
                 &dev_certs.broker_key,
+                &dev_certs.crl,
             ]
             .iter()
             .any(|p| p.file_name().and_then(|f| f.to_str()) == Some(name));
