@@ -1,11 +1,14 @@
-//! The bridge under test: `iot_bridge::run` on the test's own runtime, bound to 127.0.0.1, with
-//! a cancellation token to stop it and the same address to restart it on.
+//! The bridge under test: `iot_bridge::run_with` on the test's own runtime, bound to 127.0.0.1,
+//! with a cancellation token to stop it, a reload trigger, and the same address to restart it on.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use iot_bridge::{BridgeError, Config, Listeners};
+use std::sync::Arc;
+
+use iot_bridge::{BridgeError, Config, Control, Listeners};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +22,8 @@ pub struct Bridge {
     addr: SocketAddr,
     config: Config,
     token: CancellationToken,
+    /// What SIGHUP is to the binary: reload the ACL and the TLS files.
+    reload: Arc<Notify>,
     task: Option<JoinHandle<Result<(), BridgeError>>>,
 }
 
@@ -59,6 +64,7 @@ impl Bridge {
             addr,
             config,
             token: CancellationToken::new(),
+            reload: Arc::default(),
             task: None,
         };
         bridge.spawn(listener);
@@ -73,6 +79,12 @@ impl Bridge {
     /// The config it runs with (after the test's tweaks; `listen` is the bound address).
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Asks the running bridge to reload its ACL, certificates and CRL now (like SIGHUP). It
+    /// happens in the bridge's own task, shortly after this returns.
+    pub fn reload(&self) {
+        self.reload.notify_one();
     }
 
     pub fn is_running(&self) -> bool {
@@ -107,7 +119,11 @@ impl Bridge {
     }
 
     fn spawn(&mut self, https: TcpListener) {
-        let run = iot_bridge::run(Listeners { https }, self.config.clone(), self.token.clone());
+        let control = Control {
+            shutdown: self.token.clone(),
+            reload: Arc::clone(&self.reload),
+        };
+        let run = iot_bridge::run_with(Listeners { https }, self.config.clone(), control);
         self.task = Some(tokio::spawn(run));
     }
 }

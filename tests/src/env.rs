@@ -8,6 +8,7 @@ use iot_bridge::Config;
 use serde_json::json;
 
 use crate::https::{self, HttpResponse};
+use crate::metrics::Scrape;
 use crate::{Bridge, ClientCert, E2eError, Mosquitto, Pki, WsClient};
 
 /// Waits in set-up: generous for a loaded 2-core CI machine, normally well under a second.
@@ -19,6 +20,7 @@ type ConfigTweak = Box<dyn FnOnce(&mut Config) + Send>;
 pub struct TestEnvBuilder {
     spec: FleetSpec,
     tweak: Option<ConfigTweak>,
+    broker_acl: String,
 }
 
 /// A running environment. Dropping it kills everything; [`TestEnv::shutdown`] stops it cleanly
@@ -59,6 +61,7 @@ impl TestEnv {
                 id_prefix: String::new(),
             },
             tweak: None,
+            broker_acl: String::new(),
         }
     }
 
@@ -109,6 +112,15 @@ impl TestEnv {
         https::get(self.bridge.addr(), path, &self.ops, self.pki.ca_pem()).await
     }
 
+    /// Scrapes `/metrics`.
+    pub async fn metrics(&self) -> Result<Scrape, E2eError> {
+        let r = self.get("/metrics").await?;
+        if r.status != 200 {
+            return Err(E2eError::Http(format!("/metrics answered {}", r.status)));
+        }
+        Scrape::parse(&r.body)
+    }
+
     /// Polls `/readyz` until it answers `status`.
     pub async fn wait_readyz(&self, status: u16, timeout: Duration) -> Result<(), E2eError> {
         let started = Instant::now();
@@ -136,6 +148,12 @@ impl TestEnv {
     /// Waits until the bridge lists every device of the fleet as online.
     pub async fn wait_devices_online(&self, timeout: Duration) -> Result<(), E2eError> {
         let ids = self.fleet.ids();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.wait_online(&ids, timeout).await
+    }
+
+    /// Waits until the bridge lists each of `ids` as online (devices outside the fleet too).
+    pub async fn wait_online(&self, ids: &[&str], timeout: Duration) -> Result<(), E2eError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -146,10 +164,10 @@ impl TestEnv {
             let list = client
                 .request(&json!({"type": "list", "req": req}), timeout)
                 .await?;
-            let online = |id: &String| {
+            let online = |id: &&str| {
                 list["devices"].as_array().is_some_and(|all| {
                     all.iter()
-                        .any(|d| d["id"] == id.as_str() && d["presence"] == "online")
+                        .any(|d| d["id"] == *id && d["presence"] == "online")
                 })
             };
             if ids.iter().all(online) {
@@ -214,6 +232,12 @@ impl TestEnvBuilder {
         self
     }
 
+    /// Lines appended to the broker's shipped ACL (see [`Mosquitto::start_with_acl`]).
+    pub fn broker_acl(mut self, extra: &str) -> Self {
+        self.broker_acl = extra.to_owned();
+        self
+    }
+
     /// Changes the bridge's config after the harness's defaults (see [`Bridge::start`]).
     pub fn bridge_config(mut self, tweak: impl FnOnce(&mut Config) + Send + 'static) -> Self {
         self.tweak = Some(Box::new(tweak));
@@ -224,7 +248,7 @@ impl TestEnvBuilder {
     /// every device is online at the bridge.
     pub async fn start(self) -> Result<TestEnv, E2eError> {
         let pki = Pki::new()?;
-        let mosquitto = Mosquitto::start(&pki).await?;
+        let mosquitto = Mosquitto::start_with_acl(&pki, &self.broker_acl).await?;
         let tweak = self.tweak;
         let bridge = Bridge::start(&pki, mosquitto.port(), |c| {
             if let Some(tweak) = tweak {

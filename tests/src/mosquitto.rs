@@ -105,12 +105,25 @@ impl Mosquitto {
     /// Starts a broker on a free local port with the shipped config and ACL and `pki`'s
     /// certificates; returns once it accepts connections.
     pub async fn start(pki: &Pki) -> Result<Mosquitto, E2eError> {
+        Mosquitto::start_with_acl(pki, "").await
+    }
+
+    /// [`Mosquitto::start`] with `extra` appended to the shipped ACL, e.g. a test-only observer
+    /// (`user e2e-observer` / `topic read #`). The shipped lines stay as they are.
+    pub async fn start_with_acl(pki: &Pki, extra: &str) -> Result<Mosquitto, E2eError> {
         let dir = tempfile::Builder::new()
             .prefix("e2e-mosquitto-")
             .tempdir()
             .map_err(E2eError::io("creating the broker folder"))?;
         make_traversable(dir.path())?;
-        write_public(&dir.path().join("acl"), &shipped_file("acl")?)?;
+        let mut acl = shipped_file("acl")?;
+        if !extra.is_empty() {
+            if !acl.ends_with('\n') {
+                acl.push('\n');
+            }
+            acl.push_str(extra);
+        }
+        write_public(&dir.path().join("acl"), &acl)?;
         let shipped = shipped_file("mosquitto.conf")?;
         let mut mosquitto = Mosquitto {
             child: None,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -58,8 +58,31 @@ pub async fn connect(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
 ) -> Result<TlsStream<TcpStream>, E2eError> {
+    connect_tuned(addr, config, None).await
+}
+
+/// [`connect`] with the socket's receive buffer set to `recv_buffer` bytes before connecting, so
+/// a client that stops reading pushes back on the bridge after a few kilobytes instead of the
+/// megabytes the kernel would otherwise grow the window to.
+pub async fn connect_tuned(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    recv_buffer: Option<u32>,
+) -> Result<TlsStream<TcpStream>, E2eError> {
     let handshake = async {
-        let tcp = TcpStream::connect(addr)
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(E2eError::io("creating a socket"))?;
+        if let Some(bytes) = recv_buffer {
+            socket
+                .set_recv_buffer_size(bytes)
+                .map_err(E2eError::io("setting SO_RCVBUF"))?;
+        }
+        let tcp = socket
+            .connect(addr)
             .await
             .map_err(E2eError::io(format!("connecting to {addr}")))?;
         tcp.set_nodelay(true)

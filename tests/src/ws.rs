@@ -13,7 +13,9 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -23,6 +25,49 @@ pub const SUBPROTOCOL: &str = "iotbridge.v1.json";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages passed over by [`WsClient::recv_until`] that are kept; the oldest go first beyond this.
 const BACKLOG_LIMIT: usize = 50_000;
+
+/// How to open a WebSocket: which subprotocol to offer, extra upgrade headers (e.g. `Origin`),
+/// and an optional small socket receive buffer (see [`tls::connect_tuned`]).
+#[derive(Debug, Clone, Default)]
+pub struct UpgradeOpts<'a> {
+    pub subprotocol: Option<&'a str>,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub recv_buffer: Option<u32>,
+}
+
+/// A WebSocket over the bridge's TLS port, before any protocol decoding.
+pub type RawWs = WebSocketStream<TlsStream<TcpStream>>;
+
+/// TLS connect plus WebSocket upgrade of `/ws`. A refused upgrade is
+/// `E2eError::WebSocket(tungstenite::Error::Http(response))`, which carries the HTTP status.
+pub async fn open(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    opts: &UpgradeOpts<'_>,
+) -> Result<(RawWs, Response), E2eError> {
+    let stream = tls::connect_tuned(addr, config, opts.recv_buffer).await?;
+    let url = format!("wss://{}:{}/ws", tls::SERVER_NAME, addr.port());
+    let mut request = url.as_str().into_client_request()?;
+    if let Some(subprotocol) = opts.subprotocol {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_str(subprotocol)
+                .map_err(|e| E2eError::Bridge(format!("subprotocol header: {e}")))?,
+        );
+    }
+    for (name, value) in opts.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| E2eError::Bridge(format!("header name {name:?}: {e}")))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|e| E2eError::Bridge(format!("header value {value:?}: {e}")))?;
+        request.headers_mut().insert(name, value);
+    }
+    let upgrade = tokio_tungstenite::client_async(request, stream);
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade)
+        .await
+        .map_err(|_| E2eError::timeout("the WebSocket upgrade", HANDSHAKE_TIMEOUT))?
+        .map_err(E2eError::from)
+}
 
 /// One WebSocket connection to the bridge.
 pub struct WsClient {
@@ -67,17 +112,21 @@ impl WsClient {
         addr: SocketAddr,
         config: Arc<ClientConfig>,
     ) -> Result<WsClient, E2eError> {
-        let stream = tls::connect(addr, config).await?;
-        let url = format!("wss://{}:{}/ws", tls::SERVER_NAME, addr.port());
-        let mut request = url.as_str().into_client_request()?;
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-        let upgrade = tokio_tungstenite::client_async(request, stream);
-        let (ws, response) = tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade)
-            .await
-            .map_err(|_| E2eError::timeout("the WebSocket upgrade", HANDSHAKE_TIMEOUT))??;
+        WsClient::connect_opts(addr, config, &UpgradeOpts::default()).await
+    }
+
+    /// Connects with upgrade options (extra headers, a small receive buffer); the bridge must
+    /// agree on [`SUBPROTOCOL`].
+    pub async fn connect_opts(
+        addr: SocketAddr,
+        config: Arc<ClientConfig>,
+        opts: &UpgradeOpts<'_>,
+    ) -> Result<WsClient, E2eError> {
+        let opts = UpgradeOpts {
+            subprotocol: Some(SUBPROTOCOL),
+            ..opts.clone()
+        };
+        let (ws, response) = open(addr, config, &opts).await?;
         let agreed = response
             .headers()
             .get("Sec-WebSocket-Protocol")
@@ -93,6 +142,14 @@ impl WsClient {
         })
     }
 
+    /// Wraps a WebSocket opened with [`open`] (any subprotocol) for its reading helpers.
+    pub fn from_raw(ws: RawWs) -> WsClient {
+        WsClient {
+            ws,
+            backlog: VecDeque::new(),
+        }
+    }
+
     /// Sends one JSON message as a text frame.
     pub async fn send(&mut self, msg: &Value) -> Result<(), E2eError> {
         self.send_text(&msg.to_string()).await
@@ -102,6 +159,31 @@ impl WsClient {
     pub async fn send_text(&mut self, text: &str) -> Result<(), E2eError> {
         self.ws.send(Message::text(text)).await?;
         Ok(())
+    }
+
+    /// Sends any WebSocket message, e.g. a binary frame or a raw frame with invalid UTF-8.
+    pub async fn send_message(&mut self, msg: Message) -> Result<(), E2eError> {
+        self.ws.send(msg).await?;
+        Ok(())
+    }
+
+    /// Reads until the bridge ends the connection, passing over everything else, and returns
+    /// its close frame; `None` when the connection ended without one (EOF or reset). The
+    /// WebSocket library answers pings as it reads: for a client that must never write, use
+    /// [`crate::raw_ws`].
+    pub async fn recv_close(&mut self, timeout: Duration) -> Result<Option<CloseFrame>, E2eError> {
+        let read = async {
+            loop {
+                match self.ws.next().await {
+                    None | Some(Err(_)) => return None,
+                    Some(Ok(Message::Close(frame))) => return frame,
+                    Some(Ok(_)) => {}
+                }
+            }
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| E2eError::timeout("the bridge to close the connection", timeout))
     }
 
     /// The next message in arrival order: first those kept by [`WsClient::recv_until`], then

@@ -1,0 +1,85 @@
+//! Captures the bridge's audit log (tracing target `audit`) in memory so tests can check what it
+//! records for each command. Installed by [`crate::init_tracing`] beside the usual log output.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::Layer;
+
+/// The tracing target the bridge writes its audit records on.
+pub const TARGET: &str = "audit";
+
+/// Every audit record of this test process, oldest first. Tests in one binary share it: pick
+/// records by a field only your test uses (an identity of its own).
+static RECORDS: Mutex<Vec<AuditRecord>> = Mutex::new(Vec::new());
+
+/// One audit event: its fields as text (`message` holds the event's message).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub fields: BTreeMap<String, String>,
+}
+
+impl AuditRecord {
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).map(String::as_str)
+    }
+}
+
+/// The audit records whose `identity` field is `identity`.
+pub fn records_of(identity: &str) -> Vec<AuditRecord> {
+    RECORDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|r| r.get("identity") == Some(identity))
+        .cloned()
+        .collect()
+}
+
+/// The layer that fills the record list; give it a filter for [`TARGET`].
+pub(crate) struct AuditCapture;
+
+impl<S: Subscriber> Layer<S> for AuditCapture {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        if event.metadata().target() != TARGET {
+            return;
+        }
+        let mut record = AuditRecord::default();
+        event.record(&mut record);
+        RECORDS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(record);
+    }
+}
+
+impl Visit for AuditRecord {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.fields
+            .insert(field.name().to_owned(), value.to_owned());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.fields
+            .insert(field.name().to_owned(), value.to_string());
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.fields
+            .insert(field.name().to_owned(), value.to_string());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.fields
+            .insert(field.name().to_owned(), value.to_string());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        // `%x` fields arrive here as Display wrapped in Debug: the text as the log shows it.
+        self.fields
+            .insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
