@@ -35,7 +35,7 @@ fn telemetry_line_has_time_device_seq_and_units() {
     );
     assert_eq!(
         got,
-        ["12:00:01 thermostat-001 #57 humidity=40 % hvac=idle temperature=21.4 °C"]
+        ["12:00:01 thermostat-001 #57 temperature=21.4 °C humidity=40 % hvac=idle"]
     );
     // A device whose meta was never seen gets no units.
     let got = lines(
@@ -52,7 +52,7 @@ fn other_stream_messages() {
         (
             json!({"type":"state","device":"thermostat-001","ts":TS,
                    "state":{"setpoint":21.5,"mode":"heat"}}),
-            "12:00:01 thermostat-001 state mode=heat setpoint=21.5 °C",
+            "12:00:01 thermostat-001 state setpoint=21.5 °C mode=heat",
         ),
         (
             json!({"type":"presence","device":"light-1","presence":"offline"}),
@@ -104,7 +104,7 @@ fn snapshot_is_one_line_per_device_and_teaches_units() {
     assert_eq!(
         got,
         [
-            "12:00:01 light-1 presence=online #42 power=7.5 W | state brightness=80 % on=true",
+            "12:00:01 light-1 presence=online #42 power=7.5 W | state on=true brightness=80 %",
             "12:00:01 new-1 presence=unknown #0",
         ]
     );
