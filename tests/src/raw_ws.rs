@@ -87,6 +87,35 @@ pub async fn upgrade(
         .map_err(|_| E2eError::timeout("a hand-written WebSocket upgrade", UPGRADE_TIMEOUT))?
 }
 
+/// Writes one text frame (masked, as a client must). For the one request a stalled client makes
+/// before it stalls, e.g. its `subscribe`.
+pub async fn send_text(stream: &mut TlsStream<TcpStream>, text: &str) -> Result<(), E2eError> {
+    let payload = text.as_bytes();
+    let mut frame = vec![0x80 | OP_TEXT];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            frame.push(0x80 | 126);
+            frame.extend((n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend((n as u64).to_be_bytes());
+        }
+    }
+    // An all-zero masking key leaves the payload as it is; servers must accept any key.
+    frame.extend([0u8; 4]);
+    frame.extend_from_slice(payload);
+    stream
+        .write_all(&frame)
+        .await
+        .map_err(E2eError::io("writing a WebSocket frame"))?;
+    stream
+        .flush()
+        .await
+        .map_err(E2eError::io("flushing a WebSocket frame"))
+}
+
 /// Reads everything the bridge sends until the connection ends (EOF or an error) or `timeout`
 /// passes, and splits it into frames. Returns the frames and whether the connection ended.
 pub async fn read_to_end(

@@ -167,8 +167,9 @@ impl WsClient {
         Ok(())
     }
 
-    /// Reads until the bridge ends the connection, passing over everything else, and returns
-    /// its close frame; `None` when the connection ended without one (EOF or reset). The
+    /// Reads until the bridge ends the connection and returns its close frame; `None` when the
+    /// connection ended without one (EOF or reset). JSON messages read on the way are kept in
+    /// the backlog, so [`WsClient::take_backlog`] tells what came before the close. The
     /// WebSocket library answers pings as it reads: for a client that must never write, use
     /// [`crate::raw_ws`].
     pub async fn recv_close(&mut self, timeout: Duration) -> Result<Option<CloseFrame>, E2eError> {
@@ -177,6 +178,11 @@ impl WsClient {
                 match self.ws.next().await {
                     None | Some(Err(_)) => return None,
                     Some(Ok(Message::Close(frame))) => return frame,
+                    Some(Ok(Message::Text(text))) => {
+                        if let Ok(msg) = serde_json::from_str(&text) {
+                            self.backlog.push_back(msg);
+                        }
+                    }
                     Some(Ok(_)) => {}
                 }
             }
