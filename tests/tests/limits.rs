@@ -237,6 +237,42 @@ async fn stalled_handshakes_are_dropped_after_the_handshake_timeout() -> Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bridge bug: server::connection gives the TLS handshake and the HTTP request a \
+            handshake_timeout each, so a client may take up to twice the documented budget \
+            for TLS + request + upgrade"]
+async fn the_handshake_deadline_covers_tls_and_the_request_together() -> Result<(), E2eError> {
+    let env = TestEnv::new()
+        .bridge_config(|c| c.limits.handshake_timeout_ms = 500)
+        .start()
+        .await?;
+    let cert = env.client_cert("slowpoke")?;
+    let config = tls::client_config(env.pki.ca_pem(), Some(&cert))?;
+    let tcp = TcpStream::connect(env.bridge.addr())
+        .await
+        .map_err(|e| E2eError::Bridge(format!("connecting: {e}")))?;
+    // Each step alone is within the deadline; together they are well over it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let name = rustls_pki_types::ServerName::try_from(tls::SERVER_NAME)
+        .map_err(|e| E2eError::Tls(e.to_string()))?;
+    let mut stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| E2eError::Tls(e.to_string()))?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let request = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    // The bridge may already have closed: a failed write is the expected outcome too.
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        !answer.starts_with("HTTP/1.1 200"),
+        "served after 800 ms with a 500 ms handshake deadline: {answer:?}"
+    );
+    env.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_answering_pings_is_closed_after_the_idle_timeout(
 ) -> Result<(), E2eError> {
     const IDLE: Duration = Duration::from_secs(3);

@@ -26,9 +26,9 @@ async fn wait_sent(client: &mut WsClient, req: &str) -> Result<(), E2eError> {
         .map(|_| ())
 }
 
-/// The final `command_status` of `req` among `messages`, and where it is.
-fn final_status<'a>(messages: &'a [Value], req: &str) -> Option<(usize, &'a Value)> {
-    messages.iter().enumerate().find(|(_, m)| {
+/// The final `command_status` of `req` among `messages`.
+fn final_status<'a>(messages: &'a [Value], req: &str) -> Option<&'a Value> {
+    messages.iter().find(|m| {
         m["type"] == "command_status"
             && m["req"] == req
             && !matches!(m["status"].as_str(), Some("accepted" | "sent"))
@@ -93,10 +93,10 @@ async fn shutdown_answers_in_flight_commands_then_closes_everyone_with_1001() ->
     }
     // Both commands got their final status, before the close frame.
     let seen = requester.take_backlog();
-    let (_, ok) = final_status(&seen, "late").expect("a final status for the late command");
+    let ok = final_status(&seen, "late").expect("a final status for the late command");
     assert_eq!(ok["status"], "ok", "{ok}");
     assert_eq!(ok["result"], json!({"on": true}), "{ok}");
-    let (_, offline) = final_status(&seen, "never").expect("a final status for the mute one");
+    let offline = final_status(&seen, "never").expect("a final status for the mute one");
     assert_eq!(offline["status"], "offline", "{offline}");
     assert!(
         offline["error"]
