@@ -39,6 +39,10 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 const BURST_PUBLISHES: u8 = 0b0111;
 const BURST_SUBSCRIBED: u8 = 0b1000;
 const BURST_DONE: u8 = BURST_PUBLISHES | BURST_SUBSCRIBED;
+/// Outages (lost or failed connections) logged at `warn` before only powers of two are.
+const LOUD_OUTAGES: u64 = 5;
+/// Outages across every device of the process, for logging them sparingly.
+static FLEET_OUTAGES: AtomicU64 = AtomicU64::new(0);
 
 /// What the device task and its handle share. Small on purpose: one per simulated device.
 pub(crate) struct Shared {
@@ -111,6 +115,8 @@ enum Conn {
     Parked,
     /// Down; reconnect at this time (backoff).
     Waiting(Instant),
+    /// Holding a slot of the connection ramp; open the connection at this time.
+    Queued(Instant),
     Connecting(Connecting),
     Up(Box<Up>),
 }
@@ -269,19 +275,26 @@ impl Device {
         }
     }
 
-    /// Starts connecting: through the ramp unless `immediate`, minting a certificate if needed.
+    /// Starts connecting: through the ramp unless `immediate` (which also forgets the backoff).
     fn connect(&mut self, immediate: bool) {
         if immediate {
             self.backoff.reset();
+            return self.open();
         }
+        match self.ctx.ramp.reserve() {
+            Some(slot) if slot > Instant::now() => self.conn = Conn::Queued(slot),
+            _ => self.open(),
+        }
+    }
+
+    /// Opens the connection now, minting a certificate first if this device needs one.
+    /// The future is only allocated here, so devices queued on the ramp cost nothing extra.
+    fn open(&mut self) {
         let ctx = self.ctx.clone();
         let cached = self.tls.clone();
         let id = self.shared.id.clone();
         let status = self.topic("status");
         self.conn = Conn::Connecting(Box::pin(async move {
-            if !immediate {
-                ctx.ramp.wait().await;
-            }
             let tls = match cached {
                 Some(tls) => tls,
                 None => ctx
@@ -307,7 +320,7 @@ impl Device {
         let mut wake: Option<Instant> = self.stopping.as_ref().map(|s| s.deadline);
         let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
         match &self.conn {
-            Conn::Waiting(t) => at(*t),
+            Conn::Waiting(t) | Conn::Queued(t) => at(*t),
             Conn::Up(up) => {
                 if self.stopping.is_none() {
                     at(self.next_tick);
@@ -376,13 +389,21 @@ impl Device {
             return;
         }
         let delay = self.backoff.next_delay();
-        // Say it once per outage; every retry after that only matters when debugging.
-        if was_connected {
-            warn!(error = %err, retry_in = ?delay, "connection lost");
-        } else if self.backoff.failures() == 1 {
-            warn!(error = %err, retry_in = ?delay, "cannot connect; retrying with backoff");
+        // Say it once per outage, and only a few times across a fleet: 50,000 devices losing
+        // the broker together must not print 50,000 lines. Retries only matter when debugging.
+        let first = was_connected || self.backoff.failures() == 1;
+        let n = if first {
+            FLEET_OUTAGES.fetch_add(1, Ordering::Relaxed) + 1
         } else {
-            debug!(error = %err, retry_in = ?delay, "connect failed");
+            0
+        };
+        let loud = first && (n <= LOUD_OUTAGES || n.is_power_of_two());
+        match (loud, was_connected) {
+            (true, true) => warn!(error = %err, retry_in = ?delay, outages = n, "connection lost"),
+            (true, false) => {
+                warn!(error = %err, retry_in = ?delay, outages = n, "cannot connect; retrying with backoff")
+            }
+            _ => debug!(error = %err, retry_in = ?delay, "connect failed"),
         }
         self.conn = Conn::Waiting(Instant::now() + delay);
     }
@@ -461,11 +482,11 @@ impl Device {
             debug!("graceful stop timed out; dropping the connection");
             return self.finish_stop();
         }
-        if let Conn::Waiting(at) = self.conn {
-            if now >= at {
-                self.connect(false);
-            }
-            return;
+        match self.conn {
+            Conn::Waiting(at) if now >= at => return self.connect(false),
+            Conn::Queued(at) if now >= at => return self.open(),
+            Conn::Waiting(_) | Conn::Queued(_) => return,
+            _ => {}
         }
         let keep_alive = self.ctx.opts.keep_alive;
         let Some(up) = self.up() else { return };
@@ -636,7 +657,7 @@ impl Device {
                 let _ = reply.send(());
             }
             Control::Revive { immediate, reply } => {
-                let down = matches!(self.conn, Conn::Parked | Conn::Waiting(_));
+                let down = matches!(self.conn, Conn::Parked | Conn::Waiting(_) | Conn::Queued(_));
                 if down && self.stopping.is_none() {
                     debug!("reviving");
                     self.connect(immediate);
@@ -733,7 +754,9 @@ impl Device {
             .as_ref()
             .is_some_and(|s| s.phase == StopPhase::Closing)
         {
-            if let Conn::Up(up) = std::mem::replace(&mut self.conn, Conn::Parked) {
+            // Keep the box: moving the link itself into this future would make every device's
+            // task future a kilobyte larger.
+            if let Conn::Up(mut up) = std::mem::replace(&mut self.conn, Conn::Parked) {
                 up.link.close().await;
             }
             self.finish_stop();
@@ -746,6 +769,42 @@ async fn conn_event(conn: &mut Conn) -> ConnEvent {
     match conn {
         Conn::Connecting(opening) => ConnEvent::Opened(Box::new(opening.await)),
         Conn::Up(up) => ConnEvent::Read(up.link.read_more().await),
-        Conn::Parked | Conn::Waiting(_) => std::future::pending().await,
+        Conn::Parked | Conn::Waiting(_) | Conn::Queued(_) => std::future::pending().await,
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size_of_future<F: Future>(_: &F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A fleet of 50,000 holds 50,000 of these: keep the per-device footprint from creeping up.
+    #[tokio::test]
+    async fn a_device_task_stays_small() {
+        let ca = iot_certs::Ca::generate("size test CA").unwrap();
+        let identity = crate::DeviceIdentity::MintFromCa {
+            ca_cert_pem: ca.cert_pem().into(),
+            ca_key_pem: ca.key_pem().into(),
+        };
+        let opts = BrokerOpts::new("127.0.0.1", 1, ca.cert_pem(), identity);
+        let ctx = Arc::new(Context {
+            target: broker::target(&opts).unwrap(),
+            tls: TlsFactory::new(&opts).unwrap(),
+            ramp: Ramp::new(None),
+            opts,
+        });
+        let device = Device::new(
+            DeviceSpec::builtin("light-1", crate::Kind::Light),
+            ctx,
+            Duration::ZERO,
+        );
+        let (_control, rx) = mpsc::channel(4);
+        let task = device.run(rx, CancellationToken::new());
+        let size = size_of_future(&task);
+        assert!(size <= 2048, "device task future grew to {size} bytes");
+        // Every device's control channel buffers a block of these.
+        assert!(std::mem::size_of::<Control>() <= 16);
     }
 }

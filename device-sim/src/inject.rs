@@ -35,11 +35,11 @@ struct Target {
 }
 
 impl Target {
+    /// Queues a request that has a reply, without waiting for the reply: a device busy writing
+    /// to a slow broker must not hold up the timeline (or the other devices of the fault).
     async fn ask(&self, make: impl FnOnce(oneshot::Sender<()>) -> Control) {
-        let (tx, rx) = oneshot::channel();
-        if self.control.send(make(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        let (tx, _rx) = oneshot::channel();
+        let _ = self.control.send(make(tx)).await;
     }
 
     async fn tell(&self, msg: Control) {
@@ -138,9 +138,9 @@ async fn sleep_or_stop(d: Duration, until: Instant, shutdown: &CancellationToken
 }
 
 impl Fleet {
-    /// Fires `fault` now: picks its devices (deterministically from its seed), applies it, and
-    /// schedules its end after its duration on a task the fleet tracks. Returns once every chosen
-    /// device has been told.
+    /// Fires `fault` now: picks its devices (deterministically from its seed), tells each what to
+    /// do, and schedules the fault's end after its duration on a task the fleet tracks. Returns
+    /// once every chosen device has the request queued; each acts on it at its next turn.
     pub async fn fire(&self, fault: &Fault) -> FiredFault {
         let pairs: Vec<(&str, &str)> = self
             .devices

@@ -206,7 +206,7 @@ impl Link {
     }
 
     /// Sends TLS close_notify and FIN after a DISCONNECT, so the broker reads a clean goodbye.
-    pub(crate) async fn close(mut self) {
+    pub(crate) async fn close(&mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
     }
 }

@@ -28,20 +28,26 @@ impl Ramp {
         }
     }
 
-    /// Reserves the next free slot and returns when it has come.
-    pub(crate) async fn wait(&self) {
-        let Some(gap) = self.gap else { return };
-        let slot = {
-            let mut next = match self.next.lock() {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            let now = Instant::now();
-            let slot = next.map_or(now, |n| n.max(now));
-            *next = Some(slot + gap);
-            slot
+    /// Reserves the next free slot: the time the caller may connect (`None` = now, no pacing).
+    /// Devices wait for it on their own timer, so a queue of 50,000 costs no extra tasks.
+    pub(crate) fn reserve(&self) -> Option<Instant> {
+        let gap = self.gap?;
+        let mut next = match self.next.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
         };
-        tokio::time::sleep_until(slot).await;
+        let now = Instant::now();
+        let slot = next.map_or(now, |n| n.max(now));
+        *next = Some(slot + gap);
+        Some(slot)
+    }
+
+    /// Reserves the next free slot and returns when it has come.
+    #[cfg(test)]
+    async fn wait(&self) {
+        if let Some(slot) = self.reserve() {
+            tokio::time::sleep_until(slot).await;
+        }
     }
 }
 

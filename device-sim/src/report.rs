@@ -10,14 +10,13 @@ use crate::run::{Progress, RunReport};
 pub fn progress_line(p: &Progress) -> String {
     let elapsed = Duration::from_millis(p.elapsed_ms);
     let total = Duration::from_millis(p.duration_ms);
-    let observer = if p.observer_connected {
-        ""
-    } else {
-        "  (observer not connected)"
+    let observer = match p.observer_connected {
+        Some(false) => "  (observer not connected yet)",
+        _ => "",
     };
     format!(
         "[{:>5} / {}] devices {}/{} online | {:.0} msg/s | commands {} answered{} | faults {} fired{observer}",
-        format_duration(Duration::from_secs(elapsed.as_secs())),
+        format!("{}s", elapsed.as_secs()),
         format_duration(total),
         p.online,
         p.devices,
@@ -212,7 +211,7 @@ mod tests {
             commands_answered: 12,
             commands_sent: 13,
             faults_fired: 2,
-            observer_connected: true,
+            observer_connected: Some(true),
         });
         assert_eq!(line, "[  12s / 1m] devices 24/25 online | 31 msg/s | commands 12 answered of 13 sent | faults 2 fired");
     }

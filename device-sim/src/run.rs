@@ -76,7 +76,8 @@ pub struct Progress {
     /// Commands the observer sent (0 without an observer).
     pub commands_sent: usize,
     pub faults_fired: usize,
-    pub observer_connected: bool,
+    /// `None` when the run has no observer.
+    pub observer_connected: Option<bool>,
 }
 
 /// Totals of the fleet at the end of the run.
@@ -240,9 +241,7 @@ pub async fn run(
                 commands_answered: stats.commands_handled,
                 commands_sent: observer.as_ref().map_or(0, |o| o.journal().commands.len()),
                 faults_fired: fired.len(),
-                observer_connected: observer
-                    .as_ref()
-                    .is_some_and(|o| o.journal().connected_ever),
+                observer_connected: observer.as_ref().map(|o| o.journal().connected_ever),
             });
             last_published = (now, stats.published);
             next_progress = now + opts.progress_every;

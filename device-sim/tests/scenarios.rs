@@ -8,9 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use device_sim::fault::{BadPayload, Selector};
 use device_sim::observer::ObserverOpts;
 use device_sim::run::{self, RunOptions, RunReport};
-use device_sim::{report, BrokerOpts, DeviceIdentity, Scenario};
+use device_sim::{report, BrokerOpts, DeviceIdentity, Fault, FaultAction, Fleet, Kind, Scenario};
 use e2e::{Bridge, Mosquitto, Pki};
 
 /// CI keeps each run short; the shipped files say 20 s for people running them by hand.
@@ -220,5 +221,78 @@ async fn a_broken_expectation_fails_the_run() {
             "{name}: {json}"
         );
     }
+    stack.shutdown().await;
+}
+
+/// The library route a Rust test takes: load a scenario, start its fleet, fire faults by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_fired_by_hand_take_devices_down_and_bring_them_back() {
+    let stack = Stack::start().await;
+    let scenario = Scenario::from_file(&scenario_path("smart-home")).expect("scenario");
+    let fleet = Fleet::start_scenario(stack.broker(), &scenario)
+        .await
+        .expect("fleet");
+    fleet
+        .wait_connected(Duration::from_secs(20))
+        .await
+        .expect("all online");
+    assert_eq!(fleet.devices().len(), 25);
+    assert_eq!(
+        fleet.device("fan-01").map(|d| d.kind().to_string()),
+        Some("fan".into())
+    );
+
+    let mut outage = Fault::new("plugs down", FaultAction::Disconnect { graceful: false });
+    outage.select = Selector {
+        kinds: vec!["plug".into()],
+        ..Selector::default()
+    };
+    outage.duration = Some(Duration::from_secs(2));
+    let fired = fleet.fire(&outage).await;
+    assert_eq!(fired.devices.len(), 5);
+    let plugs: Vec<_> = fleet
+        .devices()
+        .iter()
+        .filter(|d| d.kind() == Kind::Plug)
+        .collect();
+    let waited = tokio::time::Instant::now();
+    while plugs.iter().any(|d| d.is_online()) {
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "plugs still online"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(plugs.iter().all(|d| d.is_disturbed()));
+    assert!(fleet
+        .devices()
+        .iter()
+        .filter(|d| d.kind() != Kind::Plug)
+        .all(|d| d.is_online()));
+    // After `for`, they reconnect by themselves.
+    fleet
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("plugs back");
+    assert!(plugs.iter().all(|d| !d.is_disturbed()));
+
+    let junk = Fault::new(
+        "junk",
+        FaultAction::Garbage {
+            payload: BadPayload::Garbage,
+            messages: 2,
+        },
+    );
+    let before = fleet.stats().published;
+    assert_eq!(fleet.fire(&junk).await.devices.len(), 25);
+    let waited = tokio::time::Instant::now();
+    while fleet.stats().published < before + 50 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "garbage not published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fleet.stop().await;
     stack.shutdown().await;
 }
