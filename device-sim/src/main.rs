@@ -488,14 +488,20 @@ async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `fleet` runs for hours and says what it does; `run` and `check` print their own lines
+    // (progress, summary) and keep logs for trouble. RUST_LOG overrides both.
+    let default_filter = match cli.command {
+        Command::Fleet(_) => "info",
+        Command::Run(_) | Command::Check(_) => "warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,device_sim=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {

@@ -175,7 +175,11 @@ pub(crate) struct Device {
     qos: QoS,
     interval: Duration,
     sim: Sim,
+    /// Command behaviour draws from this one...
     rng: SplitMix64,
+    /// ...and bad payloads from this one, so the bytes of a fault do not depend on how many
+    /// commands came before it.
+    fault_rng: SplitMix64,
     modes: Modes,
     /// Reorder fault: the telemetry message held back to go out after the next one.
     held: Option<Vec<u8>>,
@@ -221,6 +225,7 @@ impl Device {
             interval: spec.telemetry_interval,
             sim,
             rng: SplitMix64::stream(spec.seed, 0xbe4a),
+            fault_rng: SplitMix64::stream(spec.seed, 0xfa17),
             profile: spec.profile,
             modes: Modes::default(),
             held: None,

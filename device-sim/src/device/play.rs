@@ -155,7 +155,7 @@ impl Device {
         for _ in 0..messages {
             let good = probe.step(&self.profile, self.interval.as_secs_f64());
             let encoded = codec::encode(PayloadFormat::Json, &good);
-            let bytes = payload.bytes(&mut self.rng, &good, &encoded);
+            let bytes = payload.bytes(&mut self.fault_rng, &good, &encoded);
             self.publish("telemetry", QoS::AtMostOnce, false, &bytes);
         }
     }
@@ -163,7 +163,7 @@ impl Device {
     pub(super) fn play_junk(&mut self, topic: DeviceTopic, payload: BadPayload) {
         let good = self.sim.controls().clone();
         let encoded = codec::encode(PayloadFormat::Json, &good);
-        let bytes = payload.bytes(&mut self.rng, &good, &encoded);
+        let bytes = payload.bytes(&mut self.fault_rng, &good, &encoded);
         self.publish(topic.as_str(), QoS::AtLeastOnce, true, &bytes);
     }
 
