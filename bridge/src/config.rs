@@ -109,8 +109,10 @@ pub struct Limits {
     pub ping_interval_secs: u64,
     /// A client that sends nothing (not even a pong) for this long is closed.
     pub idle_timeout_secs: u64,
-    /// Frames a session may have queued before telemetry is conflated.
+    /// Frames a session may have queued before telemetry is conflated...
     pub session_queue: usize,
+    /// ...or bytes, whichever comes first.
+    pub session_queue_bytes: usize,
     /// Commands per second one identity may send (across its connections), on average...
     pub command_rate: f64,
     /// ...and in a burst.
@@ -186,6 +188,7 @@ impl Default for Limits {
             ping_interval_secs: 20,
             idle_timeout_secs: 60,
             session_queue: 1024,
+            session_queue_bytes: 4 * 1024 * 1024,
             command_rate: 10.0,
             command_burst: 20,
         }
@@ -352,6 +355,9 @@ impl Config {
         }
         if l.session_queue < 16 {
             return bad("limits.session_queue must be at least 16".into());
+        }
+        if l.session_queue_bytes < 64 * 1024 {
+            return bad("limits.session_queue_bytes must be at least 65536".into());
         }
         if l.max_subscriptions == 0 {
             return bad("limits.max_subscriptions must be at least 1".into());

@@ -23,13 +23,13 @@ fn all() -> ReadScope {
 }
 
 fn session(hub: &Hub, readable: ReadScope) -> (SessionId, Arc<Outbox>) {
-    let outbox = Outbox::new(10_000);
+    let outbox = Outbox::new(10_000, usize::MAX);
     (hub.register(outbox.clone(), Wire::Json, readable), outbox)
 }
 
 fn drain(outbox: &Outbox) -> Vec<Value> {
     let mut frames = Vec::new();
-    outbox.drain(&mut frames, usize::MAX);
+    outbox.drain(&mut frames, usize::MAX, usize::MAX);
     frames
         .iter()
         .map(|f| serde_json::from_str(&f.json()).unwrap())

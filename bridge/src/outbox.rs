@@ -53,6 +53,19 @@ impl Frame {
         }
     }
 
+    /// Encoded size, for the queue's byte budget.
+    pub fn len(&self) -> usize {
+        match (&self.json, &self.cbor) {
+            (Some(j), _) => j.len(),
+            (None, Some(c)) => c.len(),
+            (None, None) => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The JSON text, for tests and logs.
     pub fn json(&self) -> String {
         match self.message(Wire::Json) {
@@ -76,11 +89,14 @@ pub struct Outbox {
     inner: Mutex<Inner>,
     notify: Notify,
     capacity: usize,
+    max_bytes: usize,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     queue: VecDeque<Frame>,
+    /// Encoded size of everything in `queue`: frames are bounded in count and in bytes.
+    bytes: usize,
     conflated: u64,
     over_since: Option<Instant>,
     closed: bool,
@@ -96,11 +112,13 @@ struct Throttle {
 }
 
 impl Outbox {
-    pub fn new(capacity: usize) -> Arc<Outbox> {
+    /// A queue of at most `capacity` frames or `max_bytes` (beyond which telemetry conflates).
+    pub fn new(capacity: usize, max_bytes: usize) -> Arc<Outbox> {
         Arc::new(Outbox {
             inner: Mutex::new(Inner::default()),
             notify: Notify::new(),
             capacity,
+            max_bytes,
         })
     }
 
@@ -117,7 +135,7 @@ impl Outbox {
         if inner.closed {
             return;
         }
-        if inner.queue.len() >= self.capacity {
+        if inner.queue.len() >= self.capacity || inner.bytes >= self.max_bytes {
             if inner.over_since.is_none() {
                 inner.over_since = Some(Instant::now());
             }
@@ -128,12 +146,15 @@ impl Outbox {
                     .rev()
                     .find(|f| f.conflate_key.as_ref() == Some(key));
                 if let Some(slot) = same_device {
-                    *slot = frame;
+                    let old = std::mem::replace(slot, frame);
+                    let new_len = slot.len();
+                    inner.bytes = inner.bytes - old.len() + new_len;
                     inner.conflated += 1;
                     return;
                 }
             }
         }
+        inner.bytes += frame.len();
         inner.queue.push_back(frame);
         drop(inner);
         self.notify.notify_one();
@@ -207,12 +228,21 @@ impl Outbox {
         self.lock().throttle.remove(device);
     }
 
-    /// Moves up to `max` frames into `out`.
-    pub fn drain(&self, out: &mut Vec<Frame>, max: usize) -> DrainInfo {
+    /// Moves up to `max` frames, and about `max_bytes` (at least one frame), into `out`.
+    pub fn drain(&self, out: &mut Vec<Frame>, max: usize, max_bytes: usize) -> DrainInfo {
         let mut inner = self.lock();
-        let n = inner.queue.len().min(max);
-        out.extend(inner.queue.drain(..n));
-        if inner.queue.len() < self.capacity {
+        let mut taken = 0;
+        while out.len() < max && (taken < max_bytes || out.is_empty()) {
+            let Some(frame) = inner.queue.pop_front() else {
+                break;
+            };
+            taken += frame.len();
+            out.push(frame);
+        }
+        inner.bytes -= taken;
+        // Hysteresis: a client is only back in good standing once it has worked its queue
+        // down to half, not after every batch that dips below the limit.
+        if inner.queue.len() <= self.capacity / 2 && inner.bytes <= self.max_bytes / 2 {
             inner.over_since = None;
         }
         let info = DrainInfo {
@@ -236,6 +266,7 @@ impl Outbox {
         let mut inner = self.lock();
         inner.closed = true;
         inner.queue = VecDeque::new();
+        inner.bytes = 0;
         inner.throttle = HashMap::new();
     }
 
@@ -274,19 +305,19 @@ mod tests {
 
     #[test]
     fn under_capacity_keeps_everything_in_order() {
-        let ob = Outbox::new(4);
+        let ob = Outbox::new(4, usize::MAX);
         ob.push(tele("a", 1));
         ob.push(text("c"));
         ob.push(tele("a", 2));
         let mut out = Vec::new();
-        let info = ob.drain(&mut out, 10);
+        let info = ob.drain(&mut out, 10, usize::MAX);
         assert_eq!(texts(&out), ["a:1", "c", "a:2"]);
         assert_eq!(info, DrainInfo::default());
     }
 
     #[test]
     fn full_queue_conflates_telemetry_per_device_and_keeps_control() {
-        let ob = Outbox::new(2);
+        let ob = Outbox::new(2, usize::MAX);
         ob.push(tele("a", 1));
         ob.push(tele("b", 1));
         ob.push(tele("a", 2)); // replaces a:1 in place
@@ -294,7 +325,7 @@ mod tests {
         ob.push(tele("b", 2)); // replaces b:1
         ob.push(tele("c", 1)); // a device with nothing queued still gets its latest value
         let mut out = Vec::new();
-        let info = ob.drain(&mut out, 100);
+        let info = ob.drain(&mut out, 100, usize::MAX);
         assert_eq!(texts(&out), ["a:2", "b:2", "status", "c:1"]);
         assert_eq!(info.conflated, 2);
         assert!(info.over_since.is_none(), "drained below capacity");
@@ -302,19 +333,19 @@ mod tests {
 
     #[test]
     fn over_since_persists_while_over_capacity() {
-        let ob = Outbox::new(2);
+        let ob = Outbox::new(2, usize::MAX);
         for n in 0..5 {
             ob.push(text(&n.to_string()));
         }
         let mut out = Vec::new();
-        let info = ob.drain(&mut out, 1);
+        let info = ob.drain(&mut out, 1, usize::MAX);
         assert!(info.over_since.is_some());
         assert_eq!(ob.len(), 4);
     }
 
     #[test]
     fn closed_outbox_drops_pushes() {
-        let ob = Outbox::new(2);
+        let ob = Outbox::new(2, usize::MAX);
         ob.push(tele("a", 1));
         ob.close();
         ob.push(tele("a", 2));
@@ -323,14 +354,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn throttle_holds_newest_and_releases_on_time() {
-        let ob = Outbox::new(16);
+        let ob = Outbox::new(16, usize::MAX);
         let every = Duration::from_millis(100);
         ob.push_throttled(tele("a", 1), every); // first one goes at once
         ob.push_throttled(tele("a", 2), every); // held
         ob.push_throttled(tele("a", 3), every); // replaces the held one
         ob.push_throttled(tele("b", 1), every); // other device: own budget
         let mut out = Vec::new();
-        let info = ob.drain(&mut out, 100);
+        let info = ob.drain(&mut out, 100, usize::MAX);
         assert_eq!(texts(&out), ["a:1", "b:1"]);
         assert_eq!(info.conflated, 1, "a:2 was replaced while held");
         assert!(ob.next_due().is_some());
@@ -339,7 +370,7 @@ mod tests {
         tokio::time::advance(every).await;
         ob.release_due();
         out.clear();
-        let info = ob.drain(&mut out, 100);
+        let info = ob.drain(&mut out, 100, usize::MAX);
         assert_eq!(texts(&out), ["a:3"]);
         assert_eq!(info.conflated, 0);
         assert!(ob.next_due().is_none());
@@ -362,5 +393,26 @@ mod tests {
             );
             assert!(matches!(f.message(Wire::Cbor), Message::Binary(_)));
         }
+    }
+
+    #[test]
+    fn bytes_bound_the_queue_and_the_batches() {
+        let big = |dev: &str, n: u32| Frame {
+            conflate_key: Some(Arc::from(dev)),
+            ..text(&format!("{dev}:{n}:{}", "x".repeat(1000)))
+        };
+        let ob = Outbox::new(1000, 3000);
+        for n in 0..3 {
+            ob.push(big("a", n)); // three frames of ~1 KB reach the byte budget
+        }
+        ob.push(big("a", 3)); // over budget: replaces a:2
+        assert_eq!(ob.len(), 3);
+        let mut out = Vec::new();
+        let info = ob.drain(&mut out, 100, 1500);
+        assert_eq!(out.len(), 2, "a batch stops once it has its bytes");
+        assert_eq!(info.conflated, 1);
+        out.clear();
+        ob.drain(&mut out, 100, 1);
+        assert_eq!(texts(&out)[0][..4], *"a:3:", "the newest value survived");
     }
 }

@@ -28,7 +28,31 @@ pub struct Peer {
     pub identity: Arc<str>,
     pub addr: SocketAddr,
     /// Held for as long as the connection (or the WebSocket session it became) lives.
-    pub permit: Arc<OwnedSemaphorePermit>,
+    pub slot: Arc<Slot>,
+}
+
+/// A connection's place under `limits.max_connections`, counted in `iotbridge_connections`
+/// for as long as the connection, or the WebSocket session it became, lives.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, metrics: Arc<crate::metrics::Metrics>) -> Slot {
+        metrics.connections.inc();
+        Slot {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.connections.dec();
+    }
 }
 
 /// Accepts until shutdown; every connection runs in its own tracked task.
@@ -55,10 +79,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         };
         let span = tracing::info_span!("conn", peer = %addr, identity = tracing::field::Empty);
+        let slot = Slot::new(permit, shared.metrics.clone());
         let task = connection(
             tcp,
             addr,
-            permit,
+            slot,
             shared.acceptor(),
             app.clone(),
             shared.clone(),
@@ -71,14 +96,16 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 async fn connection(
     tcp: TcpStream,
     addr: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
     acceptor: TlsAcceptor,
     app: Router,
     shared: Arc<Shared>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let deadline = shared.config.handshake_timeout();
-    let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+    // One budget for TLS, the HTTP request and the WebSocket upgrade together.
+    let budget = shared.config.handshake_timeout();
+    let started = tokio::time::Instant::now();
+    let tls = match tokio::time::timeout(budget, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let reason = crate::metrics::tls_reason(&e);
@@ -106,7 +133,7 @@ async fn connection(
     let peer = Peer {
         identity: Arc::from(identity),
         addr,
-        permit: Arc::new(permit),
+        slot: Arc::new(slot),
     };
     let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(peer.clone());
@@ -114,7 +141,11 @@ async fn connection(
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(deadline)
+        .header_read_timeout(
+            budget
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(1)),
+        )
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);

@@ -22,6 +22,8 @@ use crate::Shared;
 
 /// Frames written per flush: large enough to batch, small enough to keep reading in between.
 const WRITE_BATCH: usize = 256;
+/// Bytes written per flush: tungstenite buffers a whole batch, so this bounds that buffer.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// A client whose queue stays over capacity this long is closed.
 const SLOW_CLIENT_LIMIT: Duration = Duration::from_secs(10);
 /// Close code for a client that cannot keep up (private range, documented in docs/protocol.md).
@@ -30,7 +32,8 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
 pub async fn run(socket: WebSocket, wire: Wire, peer: Peer, shared: Arc<Shared>) {
     // Keeps shutdown waiting for this session; axum spawned the task, not our tracker.
     let _tracked = shared.tracker.token();
-    let outbox = Outbox::new(shared.config.limits.session_queue);
+    let limits = &shared.config.limits;
+    let outbox = Outbox::new(limits.session_queue, limits.session_queue_bytes);
     let grants = shared.acl().grants(&peer.identity);
     let readable = read_scope(&grants);
     let id = shared.hub.register(outbox.clone(), wire, readable.clone());
@@ -180,7 +183,7 @@ impl Session {
         metrics.queue_depth.observe(self.outbox.len() as f64);
         loop {
             batch.clear();
-            let info = self.outbox.drain(batch, WRITE_BATCH);
+            let info = self.outbox.drain(batch, WRITE_BATCH, WRITE_BATCH_BYTES);
             if batch.is_empty() && info.conflated == 0 {
                 return Ok(());
             }
@@ -210,13 +213,21 @@ impl Session {
                 }
                 ws.flush().await
             };
-            match tokio::time::timeout(deadline, write).await {
+            // A client that takes no bytes at all for the slow-client limit is too slow, even
+            // though its queue never gets a chance to show it (the write itself is stuck).
+            match tokio::time::timeout(deadline.min(SLOW_CLIENT_LIMIT), write).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     debug!(error = %e, "write failed");
                     return Err(End::PeerGone);
                 }
-                Err(_) => return Err(End::PeerGone),
+                Err(_) => {
+                    return Err(End::Close(
+                        CLOSE_TOO_SLOW,
+                        "client too slow: not reading",
+                        "too_slow",
+                    ))
+                }
             }
             if self.outbox.is_empty() {
                 return Ok(());

@@ -237,9 +237,6 @@ async fn stalled_handshakes_are_dropped_after_the_handshake_timeout() -> Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bridge bug: server::connection gives the TLS handshake and the HTTP request a \
-            handshake_timeout each, so a client may take up to twice the documented budget \
-            for TLS + request + upgrade"]
 async fn the_handshake_deadline_covers_tls_and_the_request_together() -> Result<(), E2eError> {
     let env = TestEnv::new()
         .bridge_config(|c| c.limits.handshake_timeout_ms = 500)

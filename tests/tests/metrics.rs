@@ -139,8 +139,6 @@ async fn real_traffic_moves_the_figures() -> Result<(), E2eError> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bridge bug: iotbridge_connections is registered in metrics.rs but never set \
-            (server::connection neither increments nor decrements it), so it always reads 0"]
 async fn open_connections_are_counted() -> Result<(), E2eError> {
     let env = TestEnv::new().start().await?;
     let _a = env.connect("alice").await?;
