@@ -112,21 +112,8 @@ impl Commands {
         let presence = hub
             .presence(&r.device)
             .ok_or_else(|| CommandError::UnknownDevice(r.device.clone()))?;
-        let id = format!(
-            "{}-{}",
-            self.instance,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        );
-        let pending = Pending {
-            req: r.req,
-            device: r.device,
-            action: r.action,
-            params: r.params,
-            identity: r.identity,
-            outbox: r.outbox,
-            wire: r.wire,
-            started: Instant::now(),
-        };
+        let timeout = r.timeout;
+        let (id, pending) = self.enter(r);
         let offline_reason = match presence {
             Presence::Stale => Some("the bridge's link to the broker is down"),
             Presence::Offline => Some("device is offline"),
@@ -157,7 +144,6 @@ impl Commands {
         drop(table);
 
         let this = Arc::clone(self);
-        let timeout = r.timeout;
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
             let reason = format!(
@@ -169,8 +155,8 @@ impl Commands {
         Ok(())
     }
 
-    /// Refuses a command the requester may not send: a final `forbidden`, audited like any other.
-    pub fn forbid(&self, r: CommandRequest) {
+    /// Gives a request its command id (`{instance}-{n}`) and starts its clock.
+    fn enter(&self, r: CommandRequest) -> (String, Pending) {
         let id = format!(
             "{}-{}",
             self.instance,
@@ -186,6 +172,12 @@ impl Commands {
             wire: r.wire,
             started: Instant::now(),
         };
+        (id, pending)
+    }
+
+    /// Refuses a command the requester may not send: a final `forbidden`, audited like any other.
+    pub fn forbid(&self, r: CommandRequest) {
+        let (id, pending) = self.enter(r);
         let reason = "this identity may not control this device";
         self.conclude(&pending, &id, CommandStatus::Forbidden, None, Some(reason));
     }
