@@ -14,6 +14,8 @@
 //!   itself (exact payloads, late acks, junk, observers of the broker's traffic).
 //! - [`raw_ws`]: a WebSocket client that upgrades and then never writes, reading frames raw
 //!   (stalled and dead clients as the bridge sees them).
+//! - [`load`]: steady readers, stalling clients, bulk publishers and the process's memory, for
+//!   the slow-client tests.
 //! - [`audit`]: the bridge's `audit` log records, captured in memory by [`init_tracing`].
 //! - [`env`]: [`TestEnv`] composes all of them with a `device_sim` fleet:
 //!   `TestEnv::new().devices(10).start().await?`.
@@ -26,6 +28,7 @@ pub mod bridge;
 pub mod env;
 mod error;
 pub mod https;
+pub mod load;
 pub mod metrics;
 pub mod mosquitto;
 pub mod mqtt;

@@ -122,7 +122,17 @@ pub async fn read_to_end(
     stream: &mut TlsStream<TcpStream>,
     timeout: Duration,
 ) -> (Vec<ServerFrame>, bool) {
-    let mut raw = Vec::new();
+    read_rest(stream, Vec::new(), timeout).await
+}
+
+/// [`read_to_end`] for a stream whose reader stopped in the middle of a frame: `partial` is
+/// what it had read of that frame (see [`take_frames`]).
+pub async fn read_rest(
+    stream: &mut TlsStream<TcpStream>,
+    partial: Vec<u8>,
+    timeout: Duration,
+) -> (Vec<ServerFrame>, bool) {
+    let mut raw = partial;
     let mut buf = vec![0u8; 64 * 1024];
     let read = async {
         loop {
@@ -137,16 +147,30 @@ pub async fn read_to_end(
 }
 
 /// Splits unmasked server frames; an incomplete last frame is left out.
-pub fn parse_frames(mut raw: &[u8]) -> Vec<ServerFrame> {
+pub fn parse_frames(raw: &[u8]) -> Vec<ServerFrame> {
+    parse_prefix(raw).0
+}
+
+/// Removes the complete frames at the front of `raw` and returns them; what is left is the
+/// start of the next frame.
+pub fn take_frames(raw: &mut Vec<u8>) -> Vec<ServerFrame> {
+    let (frames, used) = parse_prefix(raw);
+    raw.drain(..used);
+    frames
+}
+
+/// The complete frames at the front of `raw`, and how many bytes they take.
+fn parse_prefix(raw: &[u8]) -> (Vec<ServerFrame>, usize) {
     let mut frames = Vec::new();
-    while raw.len() >= 2 {
-        let opcode = raw[0] & 0x0f;
-        let masked = raw[1] & 0x80 != 0;
-        let (len, mut at): (usize, usize) = match raw[1] & 0x7f {
-            126 if raw.len() >= 4 => (u16::from_be_bytes([raw[2], raw[3]]) as usize, 4),
-            127 if raw.len() >= 10 => {
+    let mut used = 0;
+    while let Some(rest) = raw.get(used..).filter(|r| r.len() >= 2) {
+        let opcode = rest[0] & 0x0f;
+        let masked = rest[1] & 0x80 != 0;
+        let (len, mut at): (usize, usize) = match rest[1] & 0x7f {
+            126 if rest.len() >= 4 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+            127 if rest.len() >= 10 => {
                 let mut n = [0u8; 8];
-                n.copy_from_slice(&raw[2..10]);
+                n.copy_from_slice(&rest[2..10]);
                 (u64::from_be_bytes(n) as usize, 10)
             }
             126 | 127 => break,
@@ -155,16 +179,16 @@ pub fn parse_frames(mut raw: &[u8]) -> Vec<ServerFrame> {
         if masked {
             at += 4;
         }
-        let Some(payload) = raw.get(at..at.saturating_add(len)) else {
+        let Some(payload) = rest.get(at..at.saturating_add(len)) else {
             break;
         };
         frames.push(ServerFrame {
             opcode,
             payload: payload.to_vec(),
         });
-        raw = &raw[at + len..];
+        used += at + len;
     }
-    frames
+    (frames, used)
 }
 
 #[cfg(test)]
@@ -185,5 +209,8 @@ mod tests {
         assert_eq!(frames[2].payload.len(), 256);
         assert_eq!(frames[3].close_code(), Some(1001));
         assert_eq!(frames[3].text(), "by");
+        let mut buffer = raw.clone();
+        assert_eq!(take_frames(&mut buffer).len(), 4);
+        assert_eq!(buffer, [0x81, 5, b'x'], "the incomplete frame stays");
     }
 }
