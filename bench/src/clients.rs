@@ -273,7 +273,14 @@ pub struct ClientSet {
     tasks: JoinSet<()>,
     /// Clients whose connection ended on its own after setup.
     lost: Arc<AtomicUsize>,
+    /// Deferred subscription: the go signal, and each client's answer.
+    deferred: Option<Deferred>,
 }
+
+type Deferred = (
+    tokio::sync::watch::Sender<bool>,
+    tokio::sync::mpsc::Receiver<Result<(), BenchError>>,
+);
 
 /// Where client `i` connects from: spread over 127.0.0.2.. so that tens of thousands of
 /// connections do not run out of one address's ephemeral ports.
@@ -290,6 +297,22 @@ impl ClientSet {
         n: usize,
         spread: usize,
     ) -> Result<ClientSet, BenchError> {
+        ClientSet::connect_with(rig, side, n, spread, false).await
+    }
+
+    /// [`ClientSet::connect`]; with `deferred`, bridge clients only open their session and
+    /// subscribe when [`ClientSet::subscribe_deferred`] says so (to tell the cost of a bare
+    /// connection from the cost of its subscription).
+    pub async fn connect_with(
+        rig: &Rig,
+        side: Side,
+        n: usize,
+        spread: usize,
+        deferred: bool,
+    ) -> Result<ClientSet, BenchError> {
+        let deferred = deferred && side == Side::Bridge;
+        let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+        let (sub_tx, sub_rx) = tokio::sync::mpsc::channel::<Result<(), BenchError>>(n.max(1));
         let recorder = Arc::new(Recorder::new(n));
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -311,6 +334,7 @@ impl ClientSet {
                 ready_tx.clone(),
             );
             let lost = lost.clone();
+            let (mut go, subscribed) = (go_rx.clone(), sub_tx.clone());
             let config = rig.certs.user.clone();
             let (bridge, direct) = (rig.bridge.addr, rig.broker.mqtt);
             let source = source_for(i, spread);
@@ -320,7 +344,9 @@ impl ClientSet {
                     match side {
                         Side::Bridge => {
                             let (mut ws, _) = connect_bridge(bridge, source, &config).await?;
-                            bridge_subscribe_all(&mut ws).await?;
+                            if !deferred {
+                                bridge_subscribe_all(&mut ws).await?;
+                            }
                             Ok(Conn::Bridge(ws))
                         }
                         Side::Peer => {
@@ -363,6 +389,31 @@ impl ClientSet {
                 };
                 drop(permit);
                 let _ = ready.send(Ok(())).await;
+                let conn = match conn {
+                    Conn::Bridge(mut ws) if deferred => {
+                        // Keep reading (pings want pongs) until told to subscribe.
+                        loop {
+                            tokio::select! {
+                                _ = cancel.cancelled() => return,
+                                changed = go.changed() => if changed.is_err() { return } else { break },
+                                msg = ws.next() => if !matches!(msg, Some(Ok(_))) {
+                                    lost.fetch_add(1, Ordering::Relaxed);
+                                    let _ = subscribed.send(Err(BenchError::Protocol(format!("client {i} lost before subscribing")))).await;
+                                    return;
+                                },
+                            }
+                        }
+                        let sub = tokio::time::timeout(SETUP_TIMEOUT, bridge_subscribe_all(&mut ws)).await;
+                        let sub = sub.unwrap_or_else(|_| Err(BenchError::Timeout(format!("client {i} subscribe"))));
+                        let failed = sub.is_err();
+                        let _ = subscribed.send(sub).await;
+                        if failed {
+                            return;
+                        }
+                        Conn::Bridge(ws)
+                    }
+                    conn => conn,
+                };
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = conn.receive(i, &rec) => {
@@ -388,7 +439,29 @@ impl ClientSet {
             cancel,
             tasks,
             lost,
+            deferred: deferred.then_some((go_tx, sub_rx)),
         })
+    }
+
+    /// Tells deferred clients to subscribe to every device; returns once all got their snapshot.
+    pub async fn subscribe_deferred(&mut self) -> Result<(), BenchError> {
+        let Some((go, answers)) = self.deferred.as_mut() else {
+            return Ok(());
+        };
+        let _ = go.send(true);
+        for _ in 0..self.recorder.clients() {
+            match answers.recv().await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(e),
+                None => {
+                    return Err(BenchError::Setup(
+                        "a client ended before subscribing".into(),
+                    ))
+                }
+            }
+        }
+        self.deferred = None;
+        Ok(())
     }
 
     pub fn len(&self) -> usize {

@@ -26,9 +26,11 @@ pub struct Idle {
 
 #[derive(Debug, Clone, Copy)]
 pub struct ServerCost {
-    /// Resident memory before the first connection and with all of them open.
+    /// Resident memory before the first connection and with all of them open and subscribed.
     pub rss_before: u64,
     pub rss_after: u64,
+    /// With all of them open but not yet subscribed (bridge only: its clients subscribe later).
+    pub rss_bare: Option<u64>,
     /// CPU time during the idle window.
     pub idle_cpu: Duration,
 }
@@ -37,6 +39,12 @@ impl Idle {
     pub fn bytes_per_connection(&self) -> Option<f64> {
         let c = self.cost?;
         Some(c.rss_after.saturating_sub(c.rss_before) as f64 / self.held.max(1) as f64)
+    }
+
+    /// The same before subscribing: what a bare mutual-TLS WebSocket session costs.
+    pub fn bare_bytes_per_connection(&self) -> Option<f64> {
+        let c = self.cost?;
+        Some(c.rss_bare?.saturating_sub(c.rss_before) as f64 / self.held.max(1) as f64)
     }
 
     /// CPU used while idle, as a share of one core.
@@ -57,10 +65,16 @@ pub async fn run(rig: &Rig, side: Side, n: usize, window: Duration) -> Result<Id
     let before = server_usage(rig, side);
     let started = Instant::now();
     let spread = n.div_ceil(PER_SOURCE);
-    let clients = ClientSet::connect(rig, side, n, spread).await?;
+    let mut clients = ClientSet::connect_with(rig, side, n, spread, true).await?;
     let connect_time = started.elapsed();
     // Let allocations from the handshakes settle before taking the "all open" figures.
-    tokio::time::sleep(Duration::from_secs(2).min(window)).await;
+    let settle = Duration::from_secs(2).min(window);
+    tokio::time::sleep(settle).await;
+    let bare = (side == Side::Bridge)
+        .then(|| server_usage(rig, side))
+        .flatten();
+    clients.subscribe_deferred().await?;
+    tokio::time::sleep(settle).await;
     let open = server_usage(rig, side);
     let watch = Instant::now();
     tokio::time::sleep(window).await;
@@ -72,6 +86,7 @@ pub async fn run(rig: &Rig, side: Side, n: usize, window: Duration) -> Result<Id
         (Some(before), Some(open), Some(end)) => Some(ServerCost {
             rss_before: before.rss_bytes,
             rss_after: open.rss_bytes.max(end.rss_bytes),
+            rss_bare: bare.map(|u| u.rss_bytes),
             idle_cpu: end.cpu_since(&open),
         }),
         _ => None,

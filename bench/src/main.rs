@@ -31,9 +31,16 @@ struct Cli {
     /// Idle connections in scenario (c), for the bridge and for the peer.
     #[arg(long)]
     idle_connections: Option<usize>,
+    /// Idle connections for the peer in scenario (c), if not the same (0 skips the peer there).
+    #[arg(long)]
+    idle_peer_connections: Option<usize>,
     /// Devices in scenario (d).
     #[arg(long)]
     fleet_devices: Option<usize>,
+    /// Extra bridge setting under [limits], e.g. `ping_interval_secs = 60` (repeatable), to try
+    /// a setting without rebuilding.
+    #[arg(long = "bridge-limit", value_name = "KEY = VALUE")]
+    bridge_limits: Vec<String>,
     /// Also write the report (Markdown) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -86,6 +93,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.idle_connections {
         (plan.idle_connections, plan.idle_peer_connections) = (n, n);
     }
+    if let Some(n) = cli.idle_peer_connections {
+        plan.idle_peer_connections = n;
+    }
     if let (Some(n), Some(f)) = (cli.fleet_devices, plan.fleet.as_mut()) {
         f.devices = n;
     }
@@ -103,11 +113,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None => sibling("iot-bridge")?,
     };
     let open_files = iot_bench::raise_open_files();
+    let mut notes = Vec::new();
+    // Every connection is a descriptor in the server and one in the client process: a machine
+    // that allows fewer cannot hold the scenario's count, so measure what it can hold.
+    let room = (open_files as usize).saturating_sub(2000);
+    if plan.idle_connections > room {
+        notes.push(format!(
+            "(c) wants {} idle connections, but this machine allows {open_files} open files per process (hard limit, not raisable here): measured with {room}",
+            plan.idle_connections
+        ));
+        (plan.idle_connections, plan.idle_peer_connections) =
+            (room, room.min(plan.idle_peer_connections));
+    }
+    if let Some(f) = plan.fleet.as_mut().filter(|f| f.devices > room) {
+        notes.push(format!(
+            "(d) wants {} devices in one process, but this machine allows {open_files} open files per process: measured with {room}",
+            f.devices
+        ));
+        f.devices = room;
+    }
+    for limit in &cli.bridge_limits {
+        notes.push(format!(
+            "bridge setting changed for this run: limits.{limit}"
+        ));
+    }
+    for n in &notes {
+        eprintln!("iot-bench: {n}");
+    }
     let opts = RigOptions {
         mosquitto: peer,
         websockets: true,
         bridge: BridgeMode::Process(bridge),
         max_connections: plan.idle_connections.max(plan.b3.clients) + 1000,
+        limits: cli.bridge_limits.clone(),
     };
     let info = RunInfo {
         date: shell("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
@@ -116,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         machine: procstat::machine(),
         load_before: procstat::load_average(),
         load_after: String::new(),
+        notes,
     };
     eprintln!("iot-bench: {} (open files: {open_files})", info.machine);
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;

@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 
 use crate::clients::ClientSet;
 use crate::devices::{Devices, PaceReport};
-use crate::procstat::Usage;
+use crate::procstat::{self, Usage};
 use crate::rig::Rig;
 use crate::BenchError;
 
@@ -42,6 +42,10 @@ pub struct Trial {
     /// CPU time of the bridge process and of Mosquitto during the trial, when known.
     pub bridge_cpu: Option<Duration>,
     pub broker_cpu: Option<Duration>,
+    /// CPU time of the load generator (this process: devices and receivers).
+    pub bench_cpu: Option<Duration>,
+    /// Share of all the machine's cores that was busy (everything, neighbours included).
+    pub machine_busy: Option<f64>,
 }
 
 impl Trial {
@@ -118,6 +122,11 @@ impl Trial {
         let add = |a: Option<Duration>, b: Option<Duration>| Some(a? + b?);
         self.bridge_cpu = add(self.bridge_cpu, other.bridge_cpu);
         self.broker_cpu = add(self.broker_cpu, other.broker_cpu);
+        self.bench_cpu = add(self.bench_cpu, other.bench_cpu);
+        self.machine_busy = match (self.machine_busy, other.machine_busy) {
+            (Some(a), Some(b)) => Some((a + b) / 2.0),
+            _ => None,
+        };
     }
 }
 
@@ -149,6 +158,10 @@ pub async fn trial(
     let rec = &clients.recorder;
     rec.begin(id);
     let (bridge0, broker0) = (rig.bridge.usage(), rig.broker.usage());
+    let (bench0, machine0) = (
+        procstat::usage(std::process::id()),
+        procstat::machine_ticks(),
+    );
     let started = Instant::now();
     let pace = devices.pace(id, rate, duration).await?;
     let expected = pace.sent * clients.len() as u64;
@@ -163,6 +176,10 @@ pub async fn trial(
     }
     let wall = started.elapsed();
     let (bridge1, broker1) = (rig.bridge.usage(), rig.broker.usage());
+    let (bench1, machine1) = (
+        procstat::usage(std::process::id()),
+        procstat::machine_ticks(),
+    );
     let got = rec.collect();
     Ok(Trial {
         rate,
@@ -176,6 +193,8 @@ pub async fn trial(
         wall,
         bridge_cpu: cpu_between(bridge0, bridge1),
         broker_cpu: cpu_between(broker0, broker1),
+        bench_cpu: cpu_between(bench0, bench1),
+        machine_busy: procstat::busy_between(machine0, machine1),
     })
 }
 

@@ -169,6 +169,8 @@ pub struct Results {
     pub c: Option<Pair<Idle>>,
     pub d: Option<Result<FleetResult, String>>,
     pub elapsed: Duration,
+    /// Simulated devices of scenarios a, b, c and e.
+    pub devices: usize,
 }
 
 fn merge(into: &mut Option<Trial>, t: Trial) {
@@ -215,6 +217,7 @@ pub async fn run(
         }
     }
     let devices = Devices::start(rig, plan.devices).await?;
+    results.devices = plan.devices;
     log(format!("{} devices connected", devices.ids.len()));
     let mut ids = TrialIds::default();
     let secs = Duration::from_secs_f64;
@@ -352,7 +355,7 @@ pub async fn run(
         let window = secs(plan.idle_window_secs);
         let bridge = idle::run(rig, Side::Bridge, plan.idle_connections, window).await?;
         log(format!("(c) Bridge: {}", describe_idle(&bridge)));
-        let peer = if has_peer {
+        let peer = if has_peer && plan.idle_peer_connections > 0 {
             rig.bridge_down().await;
             let p = idle::run(rig, Side::Peer, plan.idle_peer_connections, window).await?;
             log(format!("(c) Peer: {}", describe_idle(&p)));
@@ -391,7 +394,7 @@ async fn side_up(rig: &mut Rig, side: Side) -> Result<(), BenchError> {
 pub fn describe(t: &Trial) -> String {
     let ms = |q: f64| t.p(q).as_secs_f64() * 1e3;
     format!(
-        "{:.0} msg/s x {} clients: delivered {}/{} (fewest {}), p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, bridge {} / broker {} us per delivery; {}",
+        "{:.0} msg/s x {} clients: delivered {}/{} (fewest {}), p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, bridge {} / broker {} / load generator {} us per delivery, machine {} busy; {}",
         t.rate,
         t.clients,
         t.delivered,
@@ -402,16 +405,19 @@ pub fn describe(t: &Trial) -> String {
         t.latency.max() as f64 / 1e6,
         t.us_per_delivery(t.bridge_cpu).map_or("-".into(), |v| format!("{v:.2}")),
         t.us_per_delivery(t.broker_cpu).map_or("-".into(), |v| format!("{v:.2}")),
+        t.us_per_delivery(t.bench_cpu).map_or("-".into(), |v| format!("{v:.2}")),
+        t.machine_busy.map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
         t.verdict()
     )
 }
 
 fn describe_idle(i: &Idle) -> String {
     format!(
-        "{}/{} held, connected in {:.1} s, {} per connection, idle CPU {}",
+        "{}/{} held, connected in {:.1} s, {} per bare connection, {} per subscribed connection, idle CPU {}",
         i.held,
         i.wanted,
         i.connect_time.as_secs_f64(),
+        i.bare_bytes_per_connection().map_or("-".into(), |b| format!("{:.1} KiB", b / 1024.0)),
         i.bytes_per_connection()
             .map_or("-".into(), |b| format!("{:.1} KiB", b / 1024.0)),
         i.cpu_share()

@@ -46,6 +46,31 @@ fn parse_rss(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Busy and total CPU ticks of the whole machine (all cores) so far, from `/proc/stat`.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine(stat.lines().next()?)
+}
+
+/// `cpu user nice system idle iowait irq softirq steal ...`: idle and iowait are not busy.
+fn parse_machine(line: &str) -> Option<(u64, u64)> {
+    let fields: Vec<u64> = line
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((total - idle, total))
+}
+
+/// Share of all cores that was busy between two [`machine_ticks`] readings.
+pub fn busy_between(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((b0, t0), (b1, t1)) = (before?, after?);
+    (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64)
+}
+
 /// `1.52 1.31 0.90`: how busy the machine was, since others may share it.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -91,6 +116,17 @@ mod tests {
             "42 (iot bridge) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 100 1000 200";
         assert_eq!(parse_cpu(stat, 100), Some(Duration::from_secs(3)));
         assert_eq!(parse_cpu("garbage", 100), None);
+    }
+
+    #[test]
+    fn parses_machine_ticks() {
+        let line = "cpu  100 0 50 800 50 0 0 0 0 0";
+        assert_eq!(parse_machine(line), Some((150, 1000)));
+        assert_eq!(
+            busy_between(Some((150, 1000)), Some((650, 2000))),
+            Some(0.5)
+        );
+        assert_eq!(parse_machine("intr 1 2"), None);
     }
 
     #[test]

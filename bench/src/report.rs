@@ -25,6 +25,8 @@ pub struct RunInfo {
     pub machine: String,
     pub load_before: String,
     pub load_after: String,
+    /// Where this run had to differ from the scenarios as written, and why.
+    pub notes: Vec<String>,
 }
 
 struct Row {
@@ -94,6 +96,29 @@ fn cpu_row(id: &'static str, pair: &Pair<Trial>, peer_side: Side) -> Row {
     }
 }
 
+/// Where the machine's time went: the load generator's CPU per delivery and how busy the
+/// machine was (neighbours included), for reading a limit that is not the server's.
+fn machine_row(id: &'static str, pair: &Pair<Trial>) -> Row {
+    let text = |t: &Trial| {
+        format!(
+            "{} us, machine {} busy",
+            t.us_per_delivery(t.bench_cpu)
+                .map_or("-".into(), |v| format!("{v:.2}")),
+            t.machine_busy
+                .map_or("-".into(), |b| format!("{:.0}%", b * 100.0))
+        )
+    };
+    Row {
+        id,
+        measure: "load generator CPU per delivery; machine busy".into(),
+        bridge: text(&pair.bridge),
+        peer: pair.peer.as_ref().map_or("-".into(), text),
+        ratio: String::new(),
+        target: "(reported)",
+        met: None,
+    }
+}
+
 fn latency_rows(rows: &mut Vec<Row>, a: &Pair<Trial>) {
     let (b, p) = (&a.bridge, a.peer.as_ref());
     let pick = |q: f64| (b.p(q), p.map(|p| p.p(q)));
@@ -150,6 +175,7 @@ fn latency_rows(rows: &mut Vec<Row>, a: &Pair<Trial>) {
         met: Some(b.delivered == b.expected && p.is_none_or(|p| p.delivered == p.expected)),
     });
     rows.push(cpu_row("a", a, Side::Peer));
+    rows.push(machine_row("a", a));
 }
 
 fn best_rate(s: &Search) -> f64 {
@@ -212,6 +238,7 @@ fn fan_out_rows(
         let mut row = cpu_row(id, &pair, peer_side);
         row.measure = "server CPU per delivery at that rate".into();
         rows.push(row);
+        rows.push(machine_row(id, &pair));
     }
 }
 
@@ -219,7 +246,7 @@ fn kb(bytes: Option<f64>) -> String {
     bytes.map_or("-".into(), |b| format!("{:.1} KB", b / 1000.0))
 }
 
-fn idle_rows(rows: &mut Vec<Row>, c: &Pair<Idle>) {
+fn idle_rows(rows: &mut Vec<Row>, c: &Pair<Idle>, devices: usize) {
     let (b, p) = (&c.bridge, c.peer.as_ref());
     rows.push(Row {
         id: "c",
@@ -236,7 +263,10 @@ fn idle_rows(rows: &mut Vec<Row>, c: &Pair<Idle>) {
     );
     rows.push(Row {
         id: "c",
-        measure: "server memory per idle connection (RSS growth / connections)".into(),
+        measure: format!(
+            "server memory per idle connection subscribed to all {} devices",
+            devices
+        ),
         bridge: kb(bb),
         peer: kb(pb),
         ratio: match (bb, pb) {
@@ -246,6 +276,17 @@ fn idle_rows(rows: &mut Vec<Row>, c: &Pair<Idle>) {
         target: "<= 20 KB",
         met: bb.map(|b| b <= IDLE_BYTES),
     });
+    if let Some(bare) = b.bare_bytes_per_connection() {
+        rows.push(Row {
+            id: "c",
+            measure: "of which the bare session, before subscribing".into(),
+            bridge: kb(Some(bare)),
+            peer: "-".into(),
+            ratio: String::new(),
+            target: "(reported)",
+            met: None,
+        });
+    }
     let share = |i: &Idle| {
         i.cpu_share()
             .map_or("-".into(), |s| format!("{:.2}% of a core", s * 100.0))
@@ -376,7 +417,7 @@ pub fn render(info: &RunInfo, r: &Results) -> String {
         }
     }
     if let Some(c) = &r.c {
-        idle_rows(&mut rows, c);
+        idle_rows(&mut rows, c, r.devices);
     }
     if let Some(d) = &r.d {
         fleet_rows(&mut rows, d);

@@ -44,6 +44,8 @@ pub struct RigOptions {
     pub bridge: BridgeMode,
     /// The bridge's `limits.max_connections`.
     pub max_connections: usize,
+    /// More `key = value` lines for the bridge's `[limits]` (to try a setting without a rebuild).
+    pub limits: Vec<String>,
 }
 
 /// A certificate set in a temporary folder, with the TLS client configs built from it once.
@@ -87,10 +89,32 @@ impl Certs {
 /// A child process that is killed when dropped, so no broker or bridge outlives a failed run.
 struct Owned(Child);
 
-impl Drop for Owned {
-    fn drop(&mut self) {
+impl Owned {
+    /// SIGTERM, so that the process can shut down as it would in service (and tools wrapped
+    /// around it can write their output); SIGKILL if it is still there after `grace`.
+    fn terminate(&mut self, grace: Duration) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        let pid = rustix::process::Pid::from_raw(self.0.id() as i32);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.terminate(Duration::from_secs(10));
     }
 }
 
@@ -217,10 +241,9 @@ pub struct Bridge {
 
 impl Bridge {
     pub async fn start(
-        mode: &BridgeMode,
+        opts: &RigOptions,
         broker: &Broker,
         certs: &Certs,
-        max_connections: usize,
         dir: &Path,
     ) -> Result<Bridge, BenchError> {
         let p = &certs.paths;
@@ -229,9 +252,9 @@ impl Bridge {
                 "listen = \"{listen}\"\ninstance_id = \"bench\"\n\
                  [tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\
                  [broker]\nhost = \"localhost\"\nport = {}\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
-                 [limits]\nmax_connections = {max_connections}\n\
+                 [limits]\nmax_connections = {}\n\
                  # Commands come from one identity in this benchmark, far above a person's rate.\n\
-                 command_rate = 100000.0\ncommand_burst = 100000\n",
+                 command_rate = 100000.0\ncommand_burst = 100000\n{}\n",
                 p.server_cert.display().to_string(),
                 p.server_key.display().to_string(),
                 p.ca_cert.display().to_string(),
@@ -239,8 +262,11 @@ impl Bridge {
                 p.ca_cert.display().to_string(),
                 p.bridge_client_cert.display().to_string(),
                 p.bridge_client_key.display().to_string(),
+                opts.max_connections,
+                opts.limits.join("\n"),
             )
         };
+        let mode = &opts.bridge;
         let running = match mode {
             BridgeMode::Process(binary) => {
                 let addr = loopback(free_port()?);
@@ -303,13 +329,10 @@ impl Bridge {
         self.pid().and_then(procstat::usage)
     }
 
-    /// Stops the bridge (a process is killed: its graceful shutdown is not what is measured).
+    /// Stops the bridge (SIGTERM, then SIGKILL if it takes longer than its grace period).
     pub async fn stop(&mut self) {
         match &mut self.running {
-            Running::Process(child) => {
-                let _ = child.0.kill();
-                let _ = child.0.wait();
-            }
+            Running::Process(child) => child.terminate(Duration::from_secs(10)),
             Running::InProcess { stop, task } => {
                 stop.cancel();
                 let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
@@ -333,14 +356,7 @@ impl Rig {
         let certs = Certs::generate()?;
         let work = tempfile::tempdir().map_err(BenchError::io("creating a temporary folder"))?;
         let broker = Broker::start(&opts.mosquitto, opts.websockets, &certs, work.path())?;
-        let bridge = Bridge::start(
-            &opts.bridge,
-            &broker,
-            &certs,
-            opts.max_connections,
-            work.path(),
-        )
-        .await?;
+        let bridge = Bridge::start(&opts, &broker, &certs, work.path()).await?;
         let rig = Rig {
             certs,
             broker,
@@ -358,14 +374,8 @@ impl Rig {
     pub async fn restart_bridge(&mut self) -> Result<(), BenchError> {
         // The old one goes first: both would use the same MQTT client id.
         self.bridge_down().await;
-        self.bridge = Bridge::start(
-            &self.opts.bridge,
-            &self.broker,
-            &self.certs,
-            self.opts.max_connections,
-            self.work.path(),
-        )
-        .await?;
+        self.bridge =
+            Bridge::start(&self.opts, &self.broker, &self.certs, self.work.path()).await?;
         self.bridge_running = true;
         crate::clients::wait_bridge_ready(self, START_TIMEOUT).await
     }

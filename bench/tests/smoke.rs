@@ -64,6 +64,7 @@ async fn every_message_is_delivered_and_every_command_answered() {
         mosquitto: peer.unwrap_or_else(debian_mosquitto),
         bridge: BridgeMode::InProcess,
         max_connections: 1000,
+        limits: Vec::new(),
     };
     let has_peer = opts.websockets;
     let plan = Plan::smoke();
@@ -143,6 +144,7 @@ async fn every_message_is_delivered_and_every_command_answered() {
         machine: iot_bench::procstat::machine(),
         load_before: String::new(),
         load_after: String::new(),
+        notes: Vec::new(),
     };
     let table = report::render(&info, &r);
     for id in ["| a |", "| b1 |", "| b2 |", "| b3 |", "| c |", "| e |"] {
