@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     match &map {
         Ok(map) => {
             let value = Value::Object(map.clone());
-            assert!(depth(&value) <= PAYLOAD_DEPTH, "accepted a map nested too deeply");
+            assert!(
+                depth(&value) <= PAYLOAD_DEPTH,
+                "accepted a map nested too deeply"
+            );
             // A device may send either format: the same map must come back from both.
             let json = value.to_string();
             assert_eq!(
@@ -58,8 +61,14 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let word = text.trim();
     match decode_status(data) {
-        Ok(true) => assert!(word.eq_ignore_ascii_case("online"), "{word:?} read as online"),
-        Ok(false) => assert!(word.eq_ignore_ascii_case("offline"), "{word:?} read as offline"),
+        Ok(true) => assert!(
+            word.eq_ignore_ascii_case("online"),
+            "{word:?} read as online"
+        ),
+        Ok(false) => assert!(
+            word.eq_ignore_ascii_case("offline"),
+            "{word:?} read as offline"
+        ),
         Err(PayloadError::Empty) => assert!(word.is_empty()),
         Err(PayloadError::Status(shown)) => {
             assert!(!word.is_empty() && shown.chars().count() <= 32);

@@ -6,9 +6,6 @@
 use iot_bridge::protocol::{DecodeError, ErrorCode, Request};
 use serde_json::Value;
 
-/// The nesting a client message may have (`MAX_DEPTH` in `protocol.rs`, private there).
-pub const MESSAGE_DEPTH: usize = 32;
-
 /// The nesting a device payload may have (`MAX_DEPTH` in `payload.rs`, private there).
 pub const PAYLOAD_DEPTH: usize = 16;
 
