@@ -52,8 +52,10 @@ impl WireSet {
     }
 }
 
-/// Maximum nesting of a client message; deeper is refused before it is looked at.
+/// Maximum nesting of a client message.
 const MAX_DEPTH: usize = 32;
+/// How deep the parsers go before giving up (serde_json's fixed limit).
+const PARSE_DEPTH: usize = 128;
 
 /// Error codes of `error` messages; stable strings, documented in docs/protocol.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -184,7 +186,9 @@ pub fn decode_cbor(bytes: &[u8]) -> Result<Request, DecodeError> {
         message,
     };
     let mut reader = std::io::Cursor::new(bytes);
-    let value: Value = ciborium::de::from_reader_with_recursion_limit(&mut reader, MAX_DEPTH)
+    // Parse as deep as JSON's parser does (128) and leave the protocol's 32-level rule to
+    // decode_value, so both wires refuse a too-deep message the same way, with its req.
+    let value: Value = ciborium::de::from_reader_with_recursion_limit(&mut reader, PARSE_DEPTH)
         .map_err(|e| bad(format!("not valid CBOR: {e}")))?;
     if reader.position() as usize != bytes.len() {
         return Err(bad("trailing bytes after the CBOR message".into()));

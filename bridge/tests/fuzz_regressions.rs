@@ -55,7 +55,6 @@ fn message_past_the_depth_limit_is_refused_on_both_wires() {
 /// depth limit the two wires refuse differently: CBOR stops in ciborium's recursion limit
 /// (`bad_frame`, no `req`), JSON in `decode_value`'s depth check (`bad_request`, `req` echoed).
 #[test]
-#[ignore = "decode_cbor and decode_json refuse over-deep messages with different codes (reported, bridge/src/protocol.rs)"]
 fn message_past_the_depth_limit_fails_the_same_on_both_wires() {
     let found = [
         &b"\xa4dtypeistbscribecrer2gdvi66375f=lu=g-"[..],
