@@ -48,8 +48,12 @@ if [ "$what" = e2e ] || [ "$what" = all ]; then
     fi
 
     # The bridge embeds dashboard/public/ at build time (its build script watches the folder).
-    log "cargo build (bridge, device-sim, certs)"
-    (cd .. && cargo build --locked -p iot-bridge -p device-sim -p iot-certs)
+    # scripts/test runs `cargo test --workspace` first, which builds these binaries already
+    # (with the test feature set, so a plain `cargo build` here would rebuild half the tree).
+    if [ -z "${IOT_BINARIES_BUILT:-}" ]; then
+        log "cargo build (the binaries the browser tests start)"
+        (cd .. && cargo build --locked -p iot-bridge -p device-sim -p iot-certs)
+    fi
 
     log "dashboard browser tests"
     mkdir -p test-results
