@@ -86,7 +86,8 @@ impl Session {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let mut last_heard = Instant::now();
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        // Grows on first use only: an idle session should not hold a batch-sized buffer.
+        let mut batch = Vec::new();
 
         let end = loop {
             let throttled = self.outbox.next_due();
