@@ -160,3 +160,42 @@ async fn a_device_certificate_reaches_only_its_own_topics() -> Result<(), E2eErr
     let _ = client.disconnect().await;
     env.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_read_another_devices_commands() -> Result<(), E2eError> {
+    let env = TestEnv::new()
+        .devices(2)
+        .kinds(&[Kind::Light, Kind::Plug])
+        .start()
+        .await?;
+    let light = env.ids_of(Kind::Light)[0].clone();
+    let plug = env.ids_of(Kind::Plug)[0].clone();
+    // The plug's identity listens on the light's command topic (and on every command topic).
+    let mut spy = e2e::mqtt::MqttClient::connect(&env.pki, &env.mosquitto, &plug, None).await?;
+    spy.subscribe(&format!("iot/{light}/cmd")).await?;
+    spy.subscribe("iot/+/cmd").await?;
+    let mut alice = env.connect("alice").await?;
+    let cmd = json!({"type": "command", "req": "c1", "device": light, "action": "set",
+                     "params": {"on": true}});
+    alice.send(&cmd).await?;
+    let done = alice
+        .recv_until(
+            |m| m["type"] == "command_status" && m["status"] == "ok",
+            WAIT,
+        )
+        .await?;
+    assert_eq!(done["req"], "c1");
+    let light_device = env.device(&light).expect("the light is part of the fleet");
+    assert_eq!(
+        light_device.commands_handled(),
+        1,
+        "the light got its command"
+    );
+    let leaked = spy.recv(Duration::from_millis(1500)).await;
+    assert!(
+        leaked.is_err(),
+        "the plug read the light's command: {leaked:?}"
+    );
+    spy.disconnect().await;
+    env.shutdown().await
+}
