@@ -184,10 +184,11 @@ impl Commands {
 
     /// A device answered. Acks for other bridge instances or from another device are ignored.
     pub fn on_ack(&self, device: &str, ack: Ack) {
-        {
-            let table = self.lock();
+        // Checked and taken under one lock: the timeout cannot conclude it in between.
+        let pending = {
+            let mut table = self.lock();
             match table.get(&ack.id) {
-                Some(p) if p.device == device => {}
+                Some(p) if p.device == device => table.remove(&ack.id),
                 Some(p) => {
                     tracing::warn!(device, expected = %p.device, id = %ack.id, "ack from the wrong device ignored");
                     return;
@@ -197,13 +198,20 @@ impl Commands {
                     return;
                 }
             }
-        }
+        };
+        let Some(p) = pending else { return };
         let status = if ack.ok {
             CommandStatus::Ok
         } else {
             CommandStatus::Rejected
         };
-        self.finish(&ack.id, status, ack.result.as_ref(), ack.error.as_deref());
+        self.conclude(
+            &p,
+            &ack.id,
+            status,
+            ack.result.as_ref(),
+            ack.error.as_deref(),
+        );
     }
 
     /// Gives a command its final status, once; later calls for the same id do nothing.

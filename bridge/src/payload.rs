@@ -55,7 +55,8 @@ pub fn decode_map(bytes: &[u8], limit: usize) -> Result<Map<String, Value>, Payl
     }
 }
 
-fn depth(v: &Value) -> usize {
+/// Nesting depth of a JSON value (a scalar is 0); shared by every decoder's depth limit.
+pub(crate) fn depth(v: &Value) -> usize {
     match v {
         Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
         Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),

@@ -170,14 +170,6 @@ pub fn decode_json(text: &str) -> Result<Request, DecodeError> {
     decode_value(value)
 }
 
-fn depth(v: &Value) -> usize {
-    match v {
-        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
-        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
-
 /// Decodes one binary frame of the CBOR subprotocol: the same maps as JSON.
 pub fn decode_cbor(bytes: &[u8]) -> Result<Request, DecodeError> {
     let bad = |message: String| DecodeError {
@@ -223,7 +215,7 @@ pub fn decode_value(value: Value) -> Result<Request, DecodeError> {
         message,
     };
     // serde_json stops at 128 levels; the protocol allows 32 (as the CBOR decoder does).
-    if 1 + map.values().map(depth).max().unwrap_or(0) > MAX_DEPTH {
+    if 1 + map.values().map(crate::payload::depth).max().unwrap_or(0) > MAX_DEPTH {
         return Err(fail(
             ErrorCode::BadRequest,
             format!("message nested deeper than {MAX_DEPTH} levels"),

@@ -152,23 +152,26 @@ impl Session {
     }
 
     fn read_error(&self, e: axum::Error) -> End {
-        let text = e.to_string();
-        if text.contains("Space limit exceeded")
-            || text.contains("too long")
-            || text.contains("too big")
-        {
-            warn!(error = %text, "client sent an oversized message");
-            End::Close(close_code::SIZE, "message too big", "oversized")
-        } else if text.contains("UTF-8") || text.contains("utf-8") || text.contains("Utf8") {
-            warn!(error = %text, "client sent invalid UTF-8");
-            End::Close(
-                close_code::INVALID,
-                "text frame is not valid UTF-8",
-                "invalid_utf8",
-            )
-        } else {
-            debug!(error = %text, "websocket read ended");
-            End::PeerGone
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        // axum wraps tungstenite's error; its variant, not its text, says what went wrong.
+        let inner = e.into_inner();
+        match inner.downcast_ref::<WsError>() {
+            Some(WsError::Capacity(_)) => {
+                warn!(error = %inner, "client sent an oversized message");
+                End::Close(close_code::SIZE, "message too big", "oversized")
+            }
+            Some(WsError::Utf8(_)) => {
+                warn!(error = %inner, "client sent invalid UTF-8");
+                End::Close(
+                    close_code::INVALID,
+                    "text frame is not valid UTF-8",
+                    "invalid_utf8",
+                )
+            }
+            _ => {
+                debug!(error = %inner, "websocket read ended");
+                End::PeerGone
+            }
         }
     }
 
