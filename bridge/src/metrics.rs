@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::protocol::{CommandStatus, Presence, Wire};
+use crate::protocol::{CommandStatus, Presence, Wire, MESSAGE_TYPES};
 use crate::topic::Channel;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,24 +39,6 @@ struct PresenceLabel {
     presence: &'static str,
 }
 
-/// Message types the bridge sends, for `iotbridge_messages_out_total{type}`.
-pub const OUT_KINDS: &[&str] = &[
-    "welcome",
-    "snapshot",
-    "telemetry",
-    "state",
-    "presence",
-    "device",
-    "command_status",
-    "unsubscribed",
-    "history",
-    "list",
-    "pong",
-    "broker",
-    "permissions",
-    "lagging",
-    "error",
-];
 const CHANNELS: &[Channel] = &[
     Channel::Meta,
     Channel::Status,
@@ -163,7 +145,7 @@ impl Metrics {
         );
         let messages_out = family_members(
             &messages_out,
-            OUT_KINDS.iter().map(|k| KindLabel { kind: k }),
+            MESSAGE_TYPES.iter().map(|k| KindLabel { kind: k }),
         );
 
         let bad_payloads = Counter::default();
@@ -304,9 +286,10 @@ impl Metrics {
         }
     }
 
-    pub fn message_out(&self, kind: &str) {
-        if let Some(i) = OUT_KINDS.iter().position(|k| *k == kind) {
-            self.messages_out[i].inc();
+    /// Counts a written message by its [`ServerMsg::type_index`](crate::protocol::ServerMsg::type_index).
+    pub fn message_out(&self, type_index: usize) {
+        if let Some(counter) = self.messages_out.get(type_index) {
+            counter.inc();
         }
     }
 
@@ -413,7 +396,11 @@ mod tests {
         let m = Metrics::new();
         m.client(Wire::Json).inc();
         m.message_in(Channel::Telemetry);
-        m.message_out("telemetry");
+        let telemetry = MESSAGE_TYPES
+            .iter()
+            .position(|k| *k == "telemetry")
+            .unwrap();
+        m.message_out(telemetry);
         m.command_done(CommandStatus::Ok, 0.002);
         m.tls_failure("unknown_ca");
         let text = m.render(&[(Presence::Online, 3)]);

@@ -18,8 +18,8 @@ use crate::protocol::{self, ServerMsg, Wire, WireSet};
 pub struct Frame {
     /// `Some(device)` for telemetry, which may be conflated; `None` for everything else.
     pub conflate_key: Option<Arc<str>>,
-    /// The message's `type`, for metrics.
-    pub kind: &'static str,
+    /// The message's [`ServerMsg::type_index`], for metrics.
+    pub type_index: usize,
     json: Option<Utf8Bytes>,
     cbor: Option<Bytes>,
 }
@@ -29,7 +29,7 @@ impl Frame {
     pub fn new(msg: &ServerMsg<'_>, conflate_key: Option<Arc<str>>, wire: WireSet) -> Frame {
         Frame {
             conflate_key,
-            kind: msg.kind(),
+            type_index: msg.type_index(),
             json: (wire.json || !wire.cbor).then(|| msg.to_json().into()),
             cbor: wire.cbor.then(|| Bytes::from(msg.to_cbor())),
         }
@@ -286,7 +286,7 @@ mod tests {
     fn text(s: &str) -> Frame {
         Frame {
             conflate_key: None,
-            kind: "test",
+            type_index: 0,
             json: Some(s.into()),
             cbor: None,
         }

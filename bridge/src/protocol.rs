@@ -305,6 +305,25 @@ pub struct ListEntry<'a> {
     pub presence: Presence,
 }
 
+/// Every `type` the bridge sends, in the order of [`ServerMsg::type_index`].
+pub const MESSAGE_TYPES: &[&str] = &[
+    "welcome",
+    "snapshot",
+    "telemetry",
+    "state",
+    "presence",
+    "device",
+    "command_status",
+    "unsubscribed",
+    "history",
+    "list",
+    "pong",
+    "broker",
+    "permissions",
+    "lagging",
+    "error",
+];
+
 /// Everything the bridge sends. Serialized once per message and shared between sessions.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -422,24 +441,25 @@ pub struct LimitsView {
 }
 
 impl ServerMsg<'_> {
-    /// The `type` of the message, for metrics.
-    pub fn kind(&self) -> &'static str {
+    /// Position of the message's `type` in [`MESSAGE_TYPES`]: what metrics count by, without
+    /// comparing strings on the write path.
+    pub fn type_index(&self) -> usize {
         match self {
-            ServerMsg::Welcome { .. } => "welcome",
-            ServerMsg::Snapshot { .. } => "snapshot",
-            ServerMsg::Telemetry { .. } => "telemetry",
-            ServerMsg::State { .. } => "state",
-            ServerMsg::Presence { .. } => "presence",
-            ServerMsg::Device { .. } => "device",
-            ServerMsg::CommandStatus { .. } => "command_status",
-            ServerMsg::Unsubscribed { .. } => "unsubscribed",
-            ServerMsg::History { .. } => "history",
-            ServerMsg::List { .. } => "list",
-            ServerMsg::Pong { .. } => "pong",
-            ServerMsg::Broker { .. } => "broker",
-            ServerMsg::Permissions { .. } => "permissions",
-            ServerMsg::Lagging { .. } => "lagging",
-            ServerMsg::Error { .. } => "error",
+            ServerMsg::Welcome { .. } => 0,
+            ServerMsg::Snapshot { .. } => 1,
+            ServerMsg::Telemetry { .. } => 2,
+            ServerMsg::State { .. } => 3,
+            ServerMsg::Presence { .. } => 4,
+            ServerMsg::Device { .. } => 5,
+            ServerMsg::CommandStatus { .. } => 6,
+            ServerMsg::Unsubscribed { .. } => 7,
+            ServerMsg::History { .. } => 8,
+            ServerMsg::List { .. } => 9,
+            ServerMsg::Pong { .. } => 10,
+            ServerMsg::Broker { .. } => 11,
+            ServerMsg::Permissions { .. } => 12,
+            ServerMsg::Lagging { .. } => 13,
+            ServerMsg::Error { .. } => 14,
         }
     }
 
@@ -587,6 +607,45 @@ mod tests {
                 err.message
             );
             assert!(!err.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn type_index_names_the_serialized_type() {
+        let data = Map::new();
+        let no: [String; 0] = [];
+        let msgs = [
+            ServerMsg::Telemetry {
+                device: "d",
+                seq: 1,
+                ts: 1,
+                data: &data,
+            },
+            ServerMsg::State {
+                device: "d",
+                ts: 1,
+                state: &data,
+            },
+            ServerMsg::Presence {
+                device: "d",
+                presence: Presence::Online,
+            },
+            ServerMsg::Pong { req: None },
+            ServerMsg::Broker { status: "up" },
+            ServerMsg::Permissions {
+                read: &no,
+                control: &no,
+            },
+            ServerMsg::Lagging { conflated: 1 },
+            ServerMsg::Error {
+                req: None,
+                code: ErrorCode::BadFrame,
+                message: "m",
+            },
+        ];
+        for msg in &msgs {
+            let v: Value = serde_json::from_str(&msg.to_json()).unwrap();
+            assert_eq!(v["type"], MESSAGE_TYPES[msg.type_index()]);
         }
     }
 

@@ -203,15 +203,15 @@ impl Session {
             }
             let write = async {
                 for frame in batch.drain(..) {
-                    metrics.message_out(frame.kind);
+                    metrics.message_out(frame.type_index);
                     ws.feed(frame.message(self.wire)).await?;
                 }
                 if info.conflated > 0 {
                     metrics.conflated.inc_by(info.conflated);
-                    metrics.message_out("lagging");
                     let lag = ServerMsg::Lagging {
                         conflated: info.conflated,
                     };
+                    metrics.message_out(lag.type_index());
                     ws.feed(Frame::control(&lag, self.wire).message(self.wire))
                         .await?;
                 }
