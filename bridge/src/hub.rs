@@ -66,23 +66,26 @@ struct SessionSubs {
     outbox: Arc<Outbox>,
     wire: Wire,
     readable: ReadScope,
-    subs: Vec<(Pattern, SubOptions)>,
+    /// Newest first; every pattern of one subscribe shares one subscriber entry.
+    subs: Vec<(Pattern, Arc<Subscriber>)>,
 }
 
 impl SessionSubs {
-    /// The options of the first subscription matching `id`, if the session may read it.
-    fn options_for(&self, id: &str) -> Option<&SubOptions> {
+    /// The entry of the first subscription matching `id`, if the session may read it.
+    fn subscriber_for(&self, id: &str) -> Option<&Arc<Subscriber>> {
         if !(self.readable)(id) {
             return None;
         }
         self.subs
             .iter()
             .find(|(p, _)| p.matches(id))
-            .map(|(_, o)| o)
+            .map(|(_, sub)| sub)
     }
 }
 
-#[derive(Clone)]
+/// What the fan-out needs of one subscription. Devices hold it by `Arc`: with thousands of
+/// sessions subscribed to thousands of devices, each (device, session) pair costs one pointer.
+#[derive(Debug)]
 struct Subscriber {
     session: SessionId,
     outbox: Arc<Outbox>,
@@ -100,7 +103,7 @@ struct Device {
     seq: u64,
     history: Ring,
     /// Sessions whose subscriptions match this device, kept in step on (un)subscribe.
-    subscribers: Vec<Subscriber>,
+    subscribers: Vec<Arc<Subscriber>>,
 }
 
 /// Why a subscribe was refused.
@@ -245,15 +248,8 @@ impl Hub {
         if !inner.devices.contains_key(id) {
             let subscribers = inner
                 .sessions
-                .iter()
-                .filter_map(|(sid, s)| {
-                    s.options_for(id).map(|opts| Subscriber {
-                        session: *sid,
-                        outbox: s.outbox.clone(),
-                        wire: s.wire,
-                        opts: opts.clone(),
-                    })
-                })
+                .values()
+                .filter_map(|s| s.subscriber_for(id).cloned())
                 .collect();
             let key: Arc<str> = Arc::from(id);
             let device = Device {
@@ -442,16 +438,15 @@ impl Hub {
     /// Brings every device's subscriber entry for `session` in line with its subscriptions.
     fn resync(devices: &mut BTreeMap<Arc<str>, Device>, session: SessionId, s: &SessionSubs) {
         for (id, d) in devices.iter_mut() {
-            let wanted = s.options_for(id);
+            let wanted = s.subscriber_for(id);
             let at = d.subscribers.iter().position(|sub| sub.session == session);
             match (wanted, at) {
-                (Some(opts), Some(i)) => d.subscribers[i].opts = opts.clone(),
-                (Some(opts), None) => d.subscribers.push(Subscriber {
-                    session,
-                    outbox: s.outbox.clone(),
-                    wire: s.wire,
-                    opts: opts.clone(),
-                }),
+                (Some(sub), Some(i)) => {
+                    if !Arc::ptr_eq(&d.subscribers[i], sub) {
+                        d.subscribers[i] = sub.clone();
+                    }
+                }
+                (Some(sub), None) => d.subscribers.push(sub.clone()),
                 (None, Some(i)) => {
                     d.subscribers.swap_remove(i);
                     s.outbox.clear_throttle(id);
@@ -489,8 +484,14 @@ impl Hub {
         }
         // The newest subscribe decides the options of the patterns it names: put them first.
         s.subs.retain(|(q, _)| !parsed.contains(q));
-        let mut subs: Vec<(Pattern, SubOptions)> =
-            parsed.iter().map(|p| (p.clone(), r.opts.clone())).collect();
+        let entry = Arc::new(Subscriber {
+            session,
+            outbox: s.outbox.clone(),
+            wire: s.wire,
+            opts: r.opts.clone(),
+        });
+        let mut subs: Vec<(Pattern, Arc<Subscriber>)> =
+            parsed.iter().map(|p| (p.clone(), entry.clone())).collect();
         subs.append(&mut s.subs);
         s.subs = subs;
         Self::resync(devices, session, s);
