@@ -84,6 +84,9 @@ pub struct DrainInfo {
     pub over_since: Option<Instant>,
 }
 
+/// Queue slots an empty outbox keeps (a frame slot is about 90 bytes).
+const KEEP_QUEUE_CAPACITY: usize = 32;
+
 #[derive(Debug)]
 pub struct Outbox {
     inner: Mutex<Inner>,
@@ -156,8 +159,12 @@ impl Outbox {
         }
         inner.bytes += frame.len();
         inner.queue.push_back(frame);
+        // Only the first frame wakes the session: it drains everything queued behind it.
+        let first = inner.queue.len() == 1;
         drop(inner);
-        self.notify.notify_one();
+        if first {
+            self.notify.notify_one();
+        }
     }
 
     /// Queues telemetry at most once per `interval` per device; in between, the newest frame is
@@ -252,6 +259,9 @@ impl Outbox {
         if !inner.queue.is_empty() {
             // More to send: make sure the writer comes back without waiting for a new push.
             self.notify.notify_one();
+        } else if inner.queue.capacity() > KEEP_QUEUE_CAPACITY {
+            // A burst is over: an idle session does not keep room for the next one.
+            inner.queue = VecDeque::new();
         }
         info
     }
@@ -313,6 +323,56 @@ mod tests {
         let info = ob.drain(&mut out, 10, usize::MAX);
         assert_eq!(texts(&out), ["a:1", "c", "a:2"]);
         assert_eq!(info, DrainInfo::default());
+    }
+
+    #[tokio::test]
+    async fn the_first_frame_wakes_the_writer_and_the_rest_ride_along() {
+        use std::future::Future;
+        use std::task::Context;
+        let ob = Outbox::new(100, usize::MAX);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut ready = Box::pin(ob.ready());
+        assert!(
+            ready.as_mut().poll(&mut cx).is_pending(),
+            "nothing queued yet"
+        );
+        ob.push(text("1"));
+        ob.push(text("2"));
+        assert!(
+            ready.as_mut().poll(&mut cx).is_ready(),
+            "the first push wakes"
+        );
+        let mut out = Vec::new();
+        ob.drain(&mut out, 100, usize::MAX);
+        assert_eq!(texts(&out), ["1", "2"]);
+        // One wake for both frames: nothing is left to wake the writer for.
+        let mut again = Box::pin(ob.ready());
+        assert!(
+            again.as_mut().poll(&mut cx).is_pending(),
+            "no wake for frame 2"
+        );
+        ob.push(text("3"));
+        assert!(
+            again.as_mut().poll(&mut cx).is_ready(),
+            "an emptied queue wakes again"
+        );
+    }
+
+    #[test]
+    fn an_emptied_queue_gives_back_the_room_of_a_burst() {
+        let ob = Outbox::new(1000, usize::MAX);
+        for i in 0..500 {
+            ob.push(text(&i.to_string()));
+        }
+        let mut out = Vec::new();
+        ob.drain(&mut out, 100, usize::MAX);
+        assert!(
+            ob.lock().queue.capacity() >= 400,
+            "still working through the burst"
+        );
+        ob.drain(&mut out, 1000, usize::MAX);
+        assert_eq!(out.len(), 500);
+        assert!(ob.lock().queue.capacity() <= KEEP_QUEUE_CAPACITY);
     }
 
     #[test]

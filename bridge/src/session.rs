@@ -86,15 +86,13 @@ impl Session {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let mut last_heard = Instant::now();
-        // Grows on first use only: an idle session should not hold a batch-sized buffer.
-        let mut batch = Vec::new();
 
         let end = loop {
             let throttled = self.outbox.next_due();
             tokio::select! {
                 _ = self.shared.close_sessions.cancelled() => {
                     // Deliver what is queued (final command statuses among it), then say goodbye.
-                    let _ = self.write_queued(&mut ws, &mut batch, idle_timeout).await;
+                    let _ = self.write_queued(&mut ws, idle_timeout).await;
                     break End::Close(close_code::AWAY, "bridge shutting down", "shutdown");
                 }
                 incoming = ws.next() => match incoming {
@@ -111,7 +109,7 @@ impl Session {
                     }
                 },
                 _ = self.outbox.ready() => {
-                    match self.write_queued(&mut ws, &mut batch, idle_timeout).await {
+                    match self.write_queued(&mut ws, idle_timeout).await {
                         Ok(()) => {}
                         Err(end) => break end,
                     }
@@ -177,17 +175,15 @@ impl Session {
 
     /// Writes queued frames in batches with one flush each. A client that cannot take a batch
     /// within the idle timeout is dead to us.
-    async fn write_queued(
-        &self,
-        ws: &mut WebSocket,
-        batch: &mut Vec<Frame>,
-        deadline: Duration,
-    ) -> Result<(), End> {
+    async fn write_queued(&self, ws: &mut WebSocket, deadline: Duration) -> Result<(), End> {
         let metrics = &self.shared.metrics;
         metrics.queue_depth.observe(self.outbox.len() as f64);
+        // Lives for this call only: an idle session holds no batch buffer.
+        let mut batch = Vec::new();
         loop {
-            batch.clear();
-            let info = self.outbox.drain(batch, WRITE_BATCH, WRITE_BATCH_BYTES);
+            let info = self
+                .outbox
+                .drain(&mut batch, WRITE_BATCH, WRITE_BATCH_BYTES);
             if batch.is_empty() && info.conflated == 0 {
                 return Ok(());
             }
