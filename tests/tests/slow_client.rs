@@ -187,7 +187,7 @@ async fn wait_listed(env: &TestEnv, bridge: &Bridge, ids: &[&str]) -> Result<(),
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_holds_a_bounded_queue_then_is_closed_with_4008() -> Result<(), E2eError> {
-    // The limit is fixed at 10 s; idle stays at its default (60 s) so nothing else closes it.
+    // The limit is fixed at 10 s; idle stays at its default (75 s) so nothing else closes it.
     const SLOW_LIMIT: Duration = Duration::from_secs(10);
     let _alone = ONE_AT_A_TIME.lock().await;
     let env = TestEnv::new()
