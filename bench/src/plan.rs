@@ -96,7 +96,8 @@ impl Plan {
             // Mosquitto takes about 130 TLS+WebSocket handshakes per second next to the load
             // generator here: 10,000 give its per-connection cost within the time budget.
             idle_peer_connections: 10_000,
-            idle_window_secs: 22.0,
+            // Longer than the bridge's ping interval, so the window holds a round of pings.
+            idle_window_secs: iot_bridge::config::Limits::default().ping_interval_secs as f64 + 2.0,
             fleet: Some(FleetOptions::full()),
         }
     }
