@@ -4,14 +4,14 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use crate::telemetry::Data;
 
 /// One telemetry message as received (without `ts`, which is kept apart).
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub seq: u64,
     pub ts: i64,
-    pub data: Arc<Map<String, Value>>,
+    pub data: Arc<Data>,
 }
 
 #[derive(Debug, Default)]
@@ -70,7 +70,7 @@ impl Ring {
             .iter()
             .rev()
             .filter(|s| q.from.is_none_or(|f| s.ts >= f) && q.to.is_none_or(|t| s.ts <= t))
-            .filter(|s| q.field.as_ref().is_none_or(|f| s.data.contains_key(f)))
+            .filter(|s| q.field.as_ref().is_none_or(|f| s.data.has_field(f)))
             .take(q.limit)
             .collect();
         picked.reverse();
@@ -81,13 +81,13 @@ impl Ring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn sample(seq: u64, ts: i64, v: Value) -> Sample {
         Sample {
             seq,
             ts,
-            data: Arc::new(v.as_object().cloned().unwrap_or_default()),
+            data: Arc::new(Data::from_map(v.as_object().unwrap())),
         }
     }
 

@@ -5,7 +5,6 @@
 //! subscribed session's outbox. Subscribing builds the snapshot (and any resume replay) under
 //! the same lock as the fan-out, so a client sees every message after it exactly once.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +16,7 @@ use crate::history::{Query, Ring, Sample};
 use crate::outbox::{Frame, Outbox};
 use crate::protocol::{DeviceView, ListEntry, Presence, SampleView, ServerMsg, Wire, WireSet};
 use crate::resume::ResumePoint;
+use crate::telemetry::{self, Data, View};
 use crate::topic::Pattern;
 
 pub type SessionId = u64;
@@ -98,7 +98,7 @@ struct Device {
     meta: Option<Value>,
     online: Option<bool>,
     state: Option<Map<String, Value>>,
-    telemetry: Option<Arc<Map<String, Value>>>,
+    telemetry: Option<Arc<Data>>,
     telemetry_ts: Option<i64>,
     seq: u64,
     history: Ring,
@@ -130,21 +130,6 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn project<'a>(
-    data: &'a Map<String, Value>,
-    fields: Option<&[String]>,
-) -> Cow<'a, Map<String, Value>> {
-    match fields {
-        None => Cow::Borrowed(data),
-        Some(fields) => Cow::Owned(
-            data.iter()
-                .filter(|(k, _)| fields.iter().any(|f| f == *k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
-    }
 }
 
 impl Hub {
@@ -337,10 +322,10 @@ impl Hub {
         d.state = Some(state);
     }
 
-    /// Telemetry: bumps the device's sequence number by one, records it, and fans out.
-    pub fn on_telemetry(&self, id: &str, mut data: Map<String, Value>) {
-        let ts = crate::payload::timestamp(&data).unwrap_or_else(now_ms);
-        data.remove("ts");
+    /// Telemetry: bumps the device's sequence number by one, records it, and fans out. `ts` is
+    /// the device's time if it gave one.
+    pub fn on_telemetry(&self, id: &str, ts: Option<i64>, data: Data) {
+        let ts = ts.unwrap_or_else(now_ms);
         let data = Arc::new(data);
         let wires = self.wires();
         let limits = self.history;
@@ -360,6 +345,8 @@ impl Hub {
         d.telemetry = Some(data.clone());
         d.telemetry_ts = Some(ts);
         let mut full: Option<Frame> = None;
+        // Parsed once, and only if some subscriber asked for a projection.
+        let mut map: Option<Map<String, Value>> = None;
         for s in &d.subscribers {
             let frame = match &s.opts.fields {
                 None => full
@@ -368,13 +355,14 @@ impl Hub {
                             device: id,
                             seq,
                             ts,
-                            data: &data,
+                            data: View::Whole(&data),
                         };
                         Frame::new(&msg, Some(d.id.clone()), wires)
                     })
                     .clone(),
                 Some(fields) => {
-                    let projected = project(&data, Some(fields));
+                    let map = map.get_or_insert_with(|| data.map());
+                    let projected = telemetry::pick(map, fields);
                     if projected.is_empty() {
                         continue;
                     }
@@ -382,7 +370,7 @@ impl Hub {
                         device: id,
                         seq,
                         ts,
-                        data: &projected,
+                        data: View::Fields(projected),
                     };
                     Frame::new(&msg, Some(d.id.clone()), WireSet::only(s.wire))
                 }
@@ -530,7 +518,10 @@ impl Hub {
                     // A resumed device gets its missed telemetry replayed instead.
                     telemetry: match from {
                         Some(_) => None,
-                        None => d.telemetry.as_deref().map(|t| project(t, fields)),
+                        None => d
+                            .telemetry
+                            .as_deref()
+                            .map(|t| telemetry::project(t, fields)),
                     },
                     seq: from.unwrap_or(d.seq),
                     ts: if from.is_some() { None } else { d.telemetry_ts },
@@ -551,7 +542,7 @@ impl Hub {
                 continue;
             };
             for sample in missed {
-                let data = project(&sample.data, fields);
+                let data = telemetry::project(&sample.data, fields);
                 if data.is_empty() {
                     continue;
                 }
@@ -559,7 +550,7 @@ impl Hub {
                     device: &d.id,
                     seq: sample.seq,
                     ts: sample.ts,
-                    data: &data,
+                    data,
                 };
                 // Replayed messages are never conflated: the client asked for exactly these.
                 s.outbox.push(Frame::control(&msg, s.wire));
@@ -632,7 +623,7 @@ impl Hub {
             .map(|s| SampleView {
                 seq: s.seq,
                 ts: s.ts,
-                data: project(&s.data, only.as_ref().map(|f| &f[..])),
+                data: telemetry::project(&s.data, only.as_ref().map(|f| &f[..])),
             })
             .collect();
         let msg = ServerMsg::History {

@@ -36,10 +36,6 @@ fn drain(outbox: &Outbox) -> Vec<Value> {
         .collect()
 }
 
-fn map(v: Value) -> Map<String, Value> {
-    v.as_object().cloned().unwrap()
-}
-
 fn subscribe(
     hub: &Hub,
     sid: SessionId,
@@ -61,8 +57,14 @@ fn subscribe(
     .unwrap();
 }
 
+/// Telemetry as the broker link hands it over: decoded from the payload's bytes.
+fn tele(hub: &Hub, id: &str, payload: Value) {
+    let (ts, data) = crate::telemetry::decode(payload.to_string().as_bytes(), 1 << 20).unwrap();
+    hub.on_telemetry(id, ts, data);
+}
+
 fn telemetry(hub: &Hub, id: &str, n: u64) {
-    hub.on_telemetry(id, map(json!({ "n": n, "ts": 1_000 + n as i64 })));
+    tele(hub, id, json!({ "n": n, "ts": 1_000 + n as i64 }));
 }
 
 #[test]
@@ -172,8 +174,8 @@ fn fields_project_and_skip_messages_without_them() {
         min_interval: None,
     };
     subscribe(&hub, sid, &["s"], None, opts);
-    hub.on_telemetry("s", map(json!({"t": 1, "h": 2})));
-    hub.on_telemetry("s", map(json!({"h": 3})));
+    tele(&hub, "s", json!({"t": 1, "h": 2}));
+    tele(&hub, "s", json!({"h": 3}));
     let got = drain(&outbox);
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[1]["data"], json!({"t": 1}));
@@ -211,7 +213,7 @@ fn read_scope_hides_devices_everywhere() {
 fn history_answers_from_the_ring() {
     let hub = hub(100);
     for n in 1..=5 {
-        hub.on_telemetry("a", map(json!({"n": n, "m": 0, "ts": 100 * n})));
+        tele(&hub, "a", json!({"n": n, "m": 0, "ts": 100 * n}));
     }
     let q = Query {
         field: Some("n".into()),

@@ -30,6 +30,7 @@ pub mod resume;
 pub mod server;
 pub mod session;
 pub mod signals;
+pub mod telemetry;
 pub mod tls;
 pub mod topic;
 

@@ -201,9 +201,10 @@ impl MqttLink {
             Channel::State => self
                 .hub
                 .on_state(device, payload::decode_map(bytes, limit)?),
-            Channel::Telemetry => self
-                .hub
-                .on_telemetry(device, payload::decode_map(bytes, limit)?),
+            Channel::Telemetry => {
+                let (ts, data) = crate::telemetry::decode(bytes, limit)?;
+                self.hub.on_telemetry(device, ts, data);
+            }
             Channel::Ack => self
                 .commands
                 .on_ack(device, payload::decode_ack(bytes, limit)?),

@@ -22,7 +22,7 @@ pub enum PayloadError {
 }
 
 /// Maximum nesting accepted in a device map: deeper payloads are junk, and deep recursion is a risk.
-const MAX_DEPTH: usize = 16;
+pub(crate) const MAX_DEPTH: usize = 16;
 
 /// Decodes a telemetry or state map. JSON maps start with `{` (after whitespace); CBOR maps
 /// start with a major-type-5 byte (0xa0..=0xbf), so the first byte tells the two apart.
@@ -34,7 +34,7 @@ pub fn decode_map(bytes: &[u8], limit: usize) -> Result<Map<String, Value>, Payl
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .ok_or(PayloadError::Empty)?;
-    let value: Value = if (0xa0..=0xbf).contains(first) {
+    let value: Value = if is_cbor_map(*first) {
         let mut reader = std::io::Cursor::new(bytes);
         let value = ciborium::de::from_reader_with_recursion_limit(&mut reader, MAX_DEPTH)
             .map_err(|e| PayloadError::Cbor(e.to_string()))?;
@@ -53,6 +53,11 @@ pub fn decode_map(bytes: &[u8], limit: usize) -> Result<Map<String, Value>, Payl
         Value::Object(map) => Ok(map),
         _ => Err(PayloadError::NotAMap),
     }
+}
+
+/// Whether a payload's first byte is a CBOR map header (major type 5): JSON maps start with `{`.
+pub(crate) fn is_cbor_map(first: u8) -> bool {
+    (0xa0..=0xbf).contains(&first)
 }
 
 /// Nesting depth of a JSON value (a scalar is 0); shared by every decoder's depth limit.

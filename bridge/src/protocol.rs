@@ -290,7 +290,7 @@ pub struct DeviceView<'a> {
     pub meta: Option<&'a Value>,
     pub presence: Presence,
     pub state: Option<&'a Map<String, Value>>,
-    pub telemetry: Option<std::borrow::Cow<'a, Map<String, Value>>>,
+    pub telemetry: Option<crate::telemetry::View<'a>>,
     pub seq: u64,
     pub ts: Option<i64>,
 }
@@ -352,7 +352,7 @@ pub enum ServerMsg<'a> {
         device: &'a str,
         seq: u64,
         ts: i64,
-        data: &'a Map<String, Value>,
+        data: crate::telemetry::View<'a>,
     },
     State {
         device: &'a str,
@@ -425,7 +425,7 @@ pub enum ServerMsg<'a> {
 pub struct SampleView<'a> {
     pub seq: u64,
     pub ts: i64,
-    pub data: std::borrow::Cow<'a, Map<String, Value>>,
+    pub data: crate::telemetry::View<'a>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -613,13 +613,14 @@ mod tests {
     #[test]
     fn type_index_names_the_serialized_type() {
         let data = Map::new();
+        let tele = crate::telemetry::Data::from_map(&data);
         let no: [String; 0] = [];
         let msgs = [
             ServerMsg::Telemetry {
                 device: "d",
                 seq: 1,
                 ts: 1,
-                data: &data,
+                data: crate::telemetry::View::Whole(&tele),
             },
             ServerMsg::State {
                 device: "d",
@@ -652,11 +653,12 @@ mod tests {
     #[test]
     fn server_messages_have_documented_shape() {
         let data = json!({"t": 1}).as_object().cloned().unwrap_or_default();
+        let data = crate::telemetry::Data::from_map(&data);
         let msg = ServerMsg::Telemetry {
             device: "d",
             seq: 3,
             ts: 10,
-            data: &data,
+            data: crate::telemetry::View::Whole(&data),
         };
         let v: Value = serde_json::from_str(&msg.to_json()).unwrap();
         assert_eq!(

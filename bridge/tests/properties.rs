@@ -1,9 +1,9 @@
 //! Property tests: the two wire formats carry the same messages, device payloads decode the same
 //! from JSON and CBOR, and topic/pattern handling agrees with simple reference definitions.
 
-use iot_bridge::payload;
 use iot_bridge::protocol::{self, CommandStatus, ServerMsg};
 use iot_bridge::topic::{self, Channel, Pattern};
+use iot_bridge::{payload, telemetry};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -77,8 +77,9 @@ proptest! {
     #[test]
     fn server_messages_encode_the_same_in_json_and_cbor(data in object(), seq in any::<u64>(), ts in any::<i64>(), result in value(), err in proptest::option::of(".{0,20}")) {
         let req = json!("r");
+        let tele = telemetry::Data::from_map(&data);
         let msgs = [
-            ServerMsg::Telemetry { device: "d-1", seq, ts, data: &data },
+            ServerMsg::Telemetry { device: "d-1", seq, ts, data: telemetry::View::Whole(&tele) },
             ServerMsg::State { device: "d-1", ts, state: &data },
             ServerMsg::CommandStatus { req: Some(&req), id: "i-1", device: "d", status: CommandStatus::Rejected, result: Some(&result), error: err.as_deref() },
         ];
@@ -100,7 +101,26 @@ proptest! {
     }
 
     #[test]
+    fn telemetry_keeps_what_a_map_decode_keeps_but_ts(map in object()) {
+        let v = Value::Object(map);
+        for bytes in [v.to_string().into_bytes(), cbor(&v)] {
+            let as_map = payload::decode_map(&bytes, 1 << 20);
+            let as_telemetry = telemetry::decode(&bytes, 1 << 20);
+            match (as_map, as_telemetry) {
+                (Ok(mut m), Ok((ts, data))) => {
+                    prop_assert_eq!(ts, payload::timestamp(&m));
+                    m.remove("ts");
+                    prop_assert_eq!(data.map(), m);
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "decoders disagree: {:?} vs {:?}", a, b),
+            }
+        }
+    }
+
+    #[test]
     fn device_payload_decoding_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = telemetry::decode(&bytes, 1024);
         let _ = payload::decode_map(&bytes, 1024);
         let _ = payload::decode_ack(&bytes, 1024);
         let _ = payload::decode_status(&bytes);

@@ -1,7 +1,8 @@
-//! Fuzz target: MQTT payloads through `payload::{decode_map, decode_ack, decode_status}`.
+//! Fuzz target: MQTT payloads through `payload::{decode_map, decode_ack, decode_status}` and
+//! `telemetry::decode`.
 #![no_main]
 
-use iot_bridge::payload::{decode_ack, decode_map, decode_status, PayloadError};
+use iot_bridge::payload::{decode_ack, decode_map, decode_status, timestamp, PayloadError};
 use iot_bridge_fuzz::{depth, to_cbor, PAYLOAD_DEPTH};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -38,6 +39,19 @@ fuzz_target!(|data: &[u8]| {
             );
         }
         Err(e) => assert!(!e.to_string().is_empty()),
+    }
+
+    // Telemetry keeps the device's text: whatever decode_map accepts it accepts, and it holds
+    // the same map without `ts`. (It may accept more: numbers beyond f64 are kept as text.)
+    match (iot_bridge::telemetry::decode(data, LIMIT), &map) {
+        (Ok((ts, tele)), Ok(map)) => {
+            let mut map = map.clone();
+            assert_eq!(ts, timestamp(&map), "telemetry read another ts");
+            map.remove("ts");
+            assert_eq!(tele.map(), map, "telemetry kept other data: {}", tele.as_str());
+        }
+        (Err(e), Ok(_)) => panic!("telemetry refused a map decode_map accepts: {e}"),
+        _ => {}
     }
 
     // An ack is a map with a non-empty string `id`; `error` is set exactly when `ok` is not true.

@@ -1,0 +1,336 @@
+//! Telemetry data as the bridge keeps it: the JSON text of the device's map, `ts` taken out,
+//! checked once on arrival and from then on shared as text by the history, snapshots and every
+//! client's frame. Most messages are never built into a map: only `fields` projections, CBOR
+//! clients and history queries by field need one, and they parse it when they do.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::payload::{self, PayloadError, MAX_DEPTH};
+
+/// A telemetry map without its `ts`, as compact JSON text.
+#[derive(Debug)]
+pub struct Data(Box<RawValue>);
+
+impl Data {
+    pub fn from_map(map: &Map<String, Value>) -> Data {
+        let text = serde_json::to_string(map).unwrap_or_else(|_| "{}".into());
+        Data::from_text(text)
+    }
+
+    /// `text` is JSON written by serde_json (always valid); a failure leaves an empty map.
+    fn from_text(text: String) -> Data {
+        Data(RawValue::from_string(text).unwrap_or_else(|_| empty()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_str() == "{}"
+    }
+
+    /// The data as a map (parsed now: for projections and CBOR, not for plain JSON clients).
+    pub fn map(&self) -> Map<String, Value> {
+        serde_json::from_str(self.as_str()).unwrap_or_default()
+    }
+
+    /// Whether the data has `field`, without building a map.
+    pub fn has_field(&self, field: &str) -> bool {
+        struct HasField<'f>(&'f str);
+        impl<'de> Visitor<'de> for HasField<'_> {
+            type Value = bool;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+                let mut found = false;
+                while let Some(Key(key)) = map.next_key()? {
+                    found |= key == self.0;
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Ok(found)
+            }
+        }
+        let mut de = serde_json::Deserializer::from_str(self.as_str());
+        de.deserialize_map(HasField(field)).unwrap_or(false)
+    }
+}
+
+fn empty() -> Box<RawValue> {
+    RawValue::from_string("{}".into()).expect("{} is JSON")
+}
+
+/// JSON serializers get the text as it is; others (CBOR) get the map.
+impl Serialize for Data {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            self.0.serialize(s)
+        } else {
+            self.map().serialize(s)
+        }
+    }
+}
+
+/// Telemetry as one client gets it: all of it, or the fields it asked for.
+#[derive(Debug, Clone)]
+pub enum View<'a> {
+    Whole(&'a Data),
+    Fields(Map<String, Value>),
+}
+
+impl View<'_> {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            View::Whole(d) => d.is_empty(),
+            View::Fields(m) => m.is_empty(),
+        }
+    }
+}
+
+impl Serialize for View<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            View::Whole(d) => d.serialize(s),
+            View::Fields(m) => m.serialize(s),
+        }
+    }
+}
+
+/// The fields of `map` named in `fields`.
+pub fn pick(map: &Map<String, Value>, fields: &[String]) -> Map<String, Value> {
+    map.iter()
+        .filter(|(k, _)| fields.iter().any(|f| f == *k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// `data`, or only its `fields` when given.
+pub fn project<'a>(data: &'a Data, fields: Option<&[String]>) -> View<'a> {
+    match fields {
+        None => View::Whole(data),
+        Some(fields) => View::Fields(pick(&data.map(), fields)),
+    }
+}
+
+/// Decodes a telemetry payload into its `ts` (when it has a plausible one) and the rest.
+///
+/// JSON is checked and copied without building a map; CBOR (first byte a map header) is decoded
+/// and written as JSON once. The same limits hold as for every device map.
+pub fn decode(bytes: &[u8], limit: usize) -> Result<(Option<i64>, Data), PayloadError> {
+    if bytes.len() > limit {
+        return Err(PayloadError::TooLarge(bytes.len()));
+    }
+    let first = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .ok_or(PayloadError::Empty)?;
+    if payload::is_cbor_map(*first) {
+        let mut map = payload::decode_map(bytes, limit)?;
+        let ts = payload::timestamp(&map);
+        map.remove("ts");
+        return Ok((ts, Data::from_map(&map)));
+    }
+    if json_depth(bytes) > MAX_DEPTH {
+        return Err(PayloadError::Json("nested too deeply".into()));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = de
+        .deserialize_map(Copier {
+            capacity: bytes.len(),
+        })
+        .and_then(|parsed| de.end().map(|()| parsed));
+    match parsed {
+        Ok((ts, text)) => Ok((ts, Data::from_text(text))),
+        Err(e) if e.classify() == serde_json::error::Category::Data => Err(PayloadError::NotAMap),
+        Err(e) => Err(PayloadError::Json(e.to_string())),
+    }
+}
+
+/// Copies a JSON map's entries but `ts` into compact text, reading `ts` on the way.
+struct Copier {
+    capacity: usize,
+}
+
+impl<'de> Visitor<'de> for Copier {
+    type Value = (Option<i64>, String);
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(self.capacity);
+        let mut ts = None;
+        out.push(b'{');
+        while let Some(Key(key)) = map.next_key()? {
+            let value: &RawValue = map.next_value()?;
+            if key == "ts" {
+                ts = value.get().parse::<i64>().ok().filter(|t| *t > 0);
+                continue;
+            }
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, &key).map_err(de::Error::custom)?;
+            out.push(b':');
+            out.extend_from_slice(value.get().as_bytes());
+        }
+        out.push(b'}');
+        let text = String::from_utf8(out).map_err(de::Error::custom)?;
+        Ok((ts, text))
+    }
+}
+
+/// A map key, borrowed from the input unless it had escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Deepest nesting of arrays and maps in JSON text (a scalar is 0), counted without parsing;
+/// only meaningful for text that then parses.
+fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decoded(text: &str) -> (Option<i64>, Value) {
+        let (ts, data) = decode(text.as_bytes(), 1 << 20).unwrap();
+        (ts, serde_json::from_str(data.as_str()).unwrap())
+    }
+
+    #[test]
+    fn json_keeps_every_field_but_ts_as_sent() {
+        let (ts, v) =
+            decoded(r#" {"t": 21.5, "ts": 1700000000000, "on": true, "n": {"a": [1, 2]}} "#);
+        assert_eq!(ts, Some(1_700_000_000_000));
+        assert_eq!(v, json!({"t": 21.5, "on": true, "n": {"a": [1, 2]}}));
+        assert_eq!(decoded(r#"{"a\"b": "x\ny"}"#).1, json!({"a\"b": "x\ny"}));
+        assert_eq!(decoded("{}").1, json!({}));
+        // Numbers keep the device's spelling (no float round trip through f64).
+        let (_, data) = decode(br#"{"big": 12345678901234567890.5}"#, 1024).unwrap();
+        assert_eq!(data.as_str(), r#"{"big":12345678901234567890.5}"#);
+    }
+
+    #[test]
+    fn implausible_ts_is_ignored_and_still_removed() {
+        for text in [
+            r#"{"ts": -5, "t": 1}"#,
+            r#"{"ts": "soon", "t": 1}"#,
+            r#"{"ts": 1.5, "t": 1}"#,
+        ] {
+            assert_eq!(decoded(text), (None, json!({"t": 1})), "{text}");
+        }
+    }
+
+    #[test]
+    fn cbor_maps_are_stored_as_json() {
+        let mut cbor = Vec::new();
+        ciborium::ser::into_writer(&json!({"t": 3, "ts": 99}), &mut cbor).unwrap();
+        let (ts, data) = decode(&cbor, 1024).unwrap();
+        assert_eq!(
+            (ts, data.map()),
+            (Some(99), json!({"t": 3}).as_object().cloned().unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_payloads_are_the_same_errors_as_other_device_maps() {
+        let cases: [(&[u8], PayloadError); 5] = [
+            (b"", PayloadError::Empty),
+            (b"  ", PayloadError::Empty),
+            (b"[1, 2]", PayloadError::NotAMap),
+            (b"42", PayloadError::NotAMap),
+            (&[b'x'; 20], PayloadError::TooLarge(20)),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(decode(bytes, 10).unwrap_err(), want, "{bytes:?}");
+        }
+        for bad in [
+            &b"{\"t\": 1"[..],
+            b"{\"t\": 1} x",
+            b"{t: 1}",
+            b"{\"t\": nul}",
+        ] {
+            assert!(
+                matches!(decode(bad, 1024), Err(PayloadError::Json(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(16), "]".repeat(16));
+        assert!(matches!(
+            decode(deep.as_bytes(), 1024),
+            Err(PayloadError::Json(_))
+        ));
+        let ok = format!("{{\"a\":{}1{}}}", "[".repeat(15), "]".repeat(15));
+        assert!(decode(ok.as_bytes(), 1024).is_ok());
+        // Brackets inside strings are not nesting.
+        let quoted = format!("{{\"a\":\"{}\"}}", "[{".repeat(40));
+        assert!(decode(quoted.as_bytes(), 1024).is_ok());
+    }
+
+    #[test]
+    fn views_serialize_as_json_text_or_as_a_cbor_map() {
+        let (_, data) = decode(br#"{"t": 1, "h": 2}"#, 1024).unwrap();
+        assert!(data.has_field("h") && !data.has_field("x"));
+        let whole = View::Whole(&data);
+        assert_eq!(serde_json::to_string(&whole).unwrap(), r#"{"t":1,"h":2}"#);
+        let mut cbor = Vec::new();
+        ciborium::ser::into_writer(&whole, &mut cbor).unwrap();
+        let back: Value = ciborium::de::from_reader(&cbor[..]).unwrap();
+        assert_eq!(back, json!({"t": 1, "h": 2}));
+        let part = project(&data, Some(&["h".to_string()]));
+        assert_eq!(serde_json::to_value(&part).unwrap(), json!({"h": 2}));
+        assert!(project(&data, Some(&["x".to_string()])).is_empty());
+    }
+}
