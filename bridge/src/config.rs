@@ -187,7 +187,7 @@ impl Default for Limits {
             handshake_timeout_ms: 10_000,
             ping_interval_secs: 30,
             idle_timeout_secs: 75,
-            session_queue: 1024,
+            session_queue: 8192,
             session_queue_bytes: 4 * 1024 * 1024,
             command_rate: 10.0,
             command_burst: 20,
