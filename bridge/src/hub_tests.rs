@@ -276,3 +276,72 @@ fn too_many_subscriptions_and_bad_patterns_are_refused() {
         Err(SubscribeError::InvalidPattern(_))
     ));
 }
+
+/// Each session's entry on a device's list follows every change of its subscriptions and ACL:
+/// one frame per message per session, never two, never a stale one.
+#[test]
+fn subscriber_lists_follow_subscribe_unsubscribe_acl_and_disconnect() {
+    let hub = hub(10);
+    for id in ["a-1", "a-2", "b-1"] {
+        telemetry(&hub, id, 0);
+    }
+    let only_a: ReadScope = Arc::new(|id: &str| id.starts_with("a-"));
+    let (s1, o1) = session(&hub, all());
+    let (s2, o2) = session(&hub, all());
+    let (s3, o3) = session(&hub, all());
+    subscribe(&hub, s1, &["*"], None, SubOptions::default());
+    subscribe(&hub, s1, &["a-*"], None, SubOptions::default()); // overlaps: still one entry
+    subscribe(&hub, s2, &["a-1", "b-*"], None, SubOptions::default());
+    subscribe(&hub, s3, &["*"], None, SubOptions::default());
+    let received = |o: &Outbox| -> Vec<String> {
+        drain(o)
+            .iter()
+            .filter(|m| m["type"] == "telemetry")
+            .map(|m| m["device"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let round = |n: u64| {
+        for id in ["a-1", "a-2", "b-1"] {
+            telemetry(&hub, id, n);
+        }
+    };
+    for o in [&o1, &o2, &o3] {
+        drain(o);
+    }
+    round(1);
+    assert_eq!(received(&o1), ["a-1", "a-2", "b-1"]);
+    assert_eq!(received(&o2), ["a-1", "b-1"]);
+    assert_eq!(received(&o3), ["a-1", "a-2", "b-1"]);
+
+    // Unsubscribing `*` leaves s1 with `a-*`; s2 drops `b-*`; the ACL narrows s3 to a-*.
+    assert_eq!(hub.unsubscribe(s1, &["*".into()]), ["*"]);
+    assert_eq!(hub.unsubscribe(s2, &["b-*".into()]), ["b-*"]);
+    hub.set_readable(s3, only_a);
+    round(2);
+    assert_eq!(received(&o1), ["a-1", "a-2"]);
+    assert_eq!(received(&o2), ["a-1"]);
+    assert_eq!(received(&o3), ["a-1", "a-2"]);
+
+    // The ACL widens again, s2 subscribes anew with options, s1 goes away.
+    hub.set_readable(s3, all());
+    let opts = subscription_with_fields(&["n"]);
+    subscribe(&hub, s2, &["*"], None, opts);
+    hub.unregister(s1);
+    round(3);
+    assert!(received(&o1).is_empty());
+    assert_eq!(received(&o2), ["a-1", "a-2", "b-1"]);
+    assert_eq!(received(&o3), ["a-1", "a-2", "b-1"]);
+    let inner = hub.lock();
+    for d in inner.devices.values() {
+        let mut sessions: Vec<SessionId> = d.subscribers.iter().map(|(sid, _)| *sid).collect();
+        sessions.sort_unstable();
+        assert_eq!(sessions, [s2, s3], "{}", d.id);
+    }
+}
+
+fn subscription_with_fields(fields: &[&str]) -> SubOptions {
+    SubOptions {
+        fields: Some(fields.iter().map(|f| f.to_string()).collect()),
+        min_interval: None,
+    }
+}
