@@ -60,6 +60,8 @@ struct Inner {
     devices: BTreeMap<Arc<str>, Device>,
     sessions: HashMap<SessionId, SessionSubs>,
     next_session: SessionId,
+    /// Sessions gone since device lists were last swept of their entries (see `unregister`).
+    gone_since_sweep: usize,
 }
 
 struct SessionSubs {
@@ -408,16 +410,27 @@ impl Hub {
         id
     }
 
+    /// Forgets a session. Its closed outbox takes no more frames at once; its entries leave the
+    /// device lists in a sweep once as many sessions have gone as are connected (at least
+    /// `SWEEP_AFTER`), so when thousands of clients drop together (a network blip, a proxy
+    /// restart) the hub does not search every device's list once per client under its lock.
     pub fn unregister(&self, session: SessionId) {
+        const SWEEP_AFTER: usize = 64;
         let mut inner = self.lock();
-        if let Some(s) = inner.sessions.remove(&session) {
-            for (id, d) in inner.devices.iter_mut() {
-                if s.scope.subscriber_for(id).is_some() {
-                    d.subscribers.retain(|(sid, _)| *sid != session);
-                }
+        let Some(s) = inner.sessions.remove(&session) else {
+            return;
+        };
+        s.outbox.close();
+        self.counter(s.wire).fetch_sub(1, Ordering::Relaxed);
+        inner.gone_since_sweep += 1;
+        if inner.gone_since_sweep >= inner.sessions.len().max(SWEEP_AFTER) {
+            let Inner {
+                devices, sessions, ..
+            } = &mut *inner;
+            for d in devices.values_mut() {
+                d.subscribers.retain(|(sid, _)| sessions.contains_key(sid));
             }
-            s.outbox.close();
-            self.counter(s.wire).fetch_sub(1, Ordering::Relaxed);
+            inner.gone_since_sweep = 0;
         }
     }
 
