@@ -14,12 +14,18 @@ use crate::protocol::{self, ServerMsg, Wire, WireSet};
 
 /// One encoded message, shared by every session that receives it. It carries the encodings
 /// that some session wanted when it was made; a session converts from the other if needed.
+///
+/// One `Arc` around all of it: handing a frame to a thousand sessions and dropping it after
+/// the write costs one reference count each, not one per field.
 #[derive(Debug, Clone)]
-pub struct Frame {
+pub struct Frame(Arc<Encoded>);
+
+#[derive(Debug)]
+struct Encoded {
     /// `Some(device)` for telemetry, which may be conflated; `None` for everything else.
-    pub conflate_key: Option<Arc<str>>,
+    conflate_key: Option<Arc<str>>,
     /// The message's [`ServerMsg::type_index`], for metrics.
-    pub type_index: usize,
+    type_index: usize,
     json: Option<Utf8Bytes>,
     cbor: Option<Bytes>,
 }
@@ -27,12 +33,22 @@ pub struct Frame {
 impl Frame {
     /// Encodes `msg` once in each wanted format (at least one).
     pub fn new(msg: &ServerMsg<'_>, conflate_key: Option<Arc<str>>, wire: WireSet) -> Frame {
-        Frame {
+        Frame(Arc::new(Encoded {
             conflate_key,
             type_index: msg.type_index(),
             json: (wire.json || !wire.cbor).then(|| msg.to_json().into()),
             cbor: wire.cbor.then(|| Bytes::from(msg.to_cbor())),
-        }
+        }))
+    }
+
+    /// `Some(device)` for telemetry, which may be conflated; `None` for everything else.
+    pub fn conflate_key(&self) -> Option<&Arc<str>> {
+        self.0.conflate_key.as_ref()
+    }
+
+    /// The message's [`ServerMsg::type_index`], for metrics.
+    pub fn type_index(&self) -> usize {
+        self.0.type_index
     }
 
     /// A message for one session only, in its format.
@@ -42,7 +58,7 @@ impl Frame {
 
     /// The WebSocket message for a session speaking `wire`.
     pub fn message(&self, wire: Wire) -> Message {
-        match (wire, &self.json, &self.cbor) {
+        match (wire, &self.0.json, &self.0.cbor) {
             (Wire::Json, Some(json), _) => Message::Text(json.clone()),
             (Wire::Cbor, _, Some(cbor)) => Message::Binary(cbor.clone()),
             (Wire::Json, None, Some(cbor)) => Message::Text(protocol::cbor_to_json(cbor).into()),
@@ -55,7 +71,7 @@ impl Frame {
 
     /// Encoded size, for the queue's byte budget.
     pub fn len(&self) -> usize {
-        match (&self.json, &self.cbor) {
+        match (&self.0.json, &self.0.cbor) {
             (Some(j), _) => j.len(),
             (None, Some(c)) => c.len(),
             (None, None) => 0,
@@ -142,12 +158,12 @@ impl Outbox {
             if inner.over_since.is_none() {
                 inner.over_since = Some(Instant::now());
             }
-            if let Some(key) = &frame.conflate_key {
+            if let Some(key) = frame.conflate_key() {
                 let same_device = inner
                     .queue
                     .iter_mut()
                     .rev()
-                    .find(|f| f.conflate_key.as_ref() == Some(key));
+                    .find(|f| f.conflate_key() == Some(key));
                 if let Some(slot) = same_device {
                     let old = std::mem::replace(slot, frame);
                     let new_len = slot.len();
@@ -170,7 +186,7 @@ impl Outbox {
     /// Queues telemetry at most once per `interval` per device; in between, the newest frame is
     /// held and released by [`Outbox::release_due`] when its time comes.
     pub fn push_throttled(&self, frame: Frame, interval: Duration) {
-        let Some(key) = frame.conflate_key.clone() else {
+        let Some(key) = frame.conflate_key().cloned() else {
             return self.push(frame);
         };
         let now = Instant::now();
@@ -293,20 +309,21 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn text(s: &str) -> Frame {
-        Frame {
-            conflate_key: None,
+    fn frame(key: Option<&str>, s: &str) -> Frame {
+        Frame(Arc::new(Encoded {
+            conflate_key: key.map(Arc::from),
             type_index: 0,
             json: Some(s.into()),
             cbor: None,
-        }
+        }))
+    }
+
+    fn text(s: &str) -> Frame {
+        frame(None, s)
     }
 
     fn tele(dev: &str, n: u32) -> Frame {
-        Frame {
-            conflate_key: Some(Arc::from(dev)),
-            ..text(&format!("{dev}:{n}"))
-        }
+        frame(Some(dev), &format!("{dev}:{n}"))
     }
 
     fn texts(frames: &[Frame]) -> Vec<String> {
@@ -457,10 +474,7 @@ mod tests {
 
     #[test]
     fn bytes_bound_the_queue_and_the_batches() {
-        let big = |dev: &str, n: u32| Frame {
-            conflate_key: Some(Arc::from(dev)),
-            ..text(&format!("{dev}:{n}:{}", "x".repeat(1000)))
-        };
+        let big = |dev: &str, n: u32| frame(Some(dev), &format!("{dev}:{n}:{}", "x".repeat(1000)));
         let ob = Outbox::new(1000, 3000);
         for n in 0..3 {
             ob.push(big("a", n)); // three frames of ~1 KB reach the byte budget

@@ -215,7 +215,7 @@ impl Session {
             }
             let write = async {
                 for frame in batch.drain(..) {
-                    metrics.message_out(frame.type_index);
+                    metrics.message_out(frame.type_index());
                     ws.feed(frame.message(self.wire)).await?;
                 }
                 if info.conflated > 0 {
