@@ -69,24 +69,6 @@ fn read_scope(grants: &Grants) -> ReadScope {
     Arc::new(move |id: &str| grants.can_read(id))
 }
 
-/// A session's keepalive ticks, first one `period` from now. Every session's ticks fall on
-/// whole seconds counted from one process-wide origin, so an idle bridge with thousands of
-/// clients wakes once a second and pings a batch, instead of waking a thread for each ping.
-fn ping_timer(period: Duration) -> tokio::time::Interval {
-    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let origin = *ORIGIN.get_or_init(Instant::now);
-    let mut ping = tokio::time::interval_at(first_ping(origin, Instant::now(), period), period);
-    // Skip, not Delay: a late tick must not move this session off the shared seconds.
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    ping
-}
-
-/// The first whole second after `now` (counted from `origin`), plus `period`.
-fn first_ping(origin: Instant, now: Instant, period: Duration) -> Instant {
-    let since = now.saturating_duration_since(origin);
-    origin + Duration::from_secs(since.as_secs() + 1) + period
-}
-
 /// Why the loop ended and what to tell the client.
 enum End {
     PeerGone,
@@ -100,7 +82,9 @@ impl Session {
         let mut acl_changes = self.shared.acl_version.subscribe();
         let limits = &self.shared.config.limits;
         let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
-        let mut ping = ping_timer(Duration::from_secs(limits.ping_interval_secs));
+        let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_interval_secs));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
         let mut last_heard = Instant::now();
 
         let end = loop {
@@ -495,26 +479,6 @@ fn subscription_options(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pings_of_all_sessions_fall_on_the_same_seconds() {
-        let origin = Instant::now();
-        let period = Duration::from_secs(30);
-        for offset_ms in [0, 1, 400, 999, 1000, 12_345] {
-            let now = origin + Duration::from_millis(offset_ms);
-            let first = first_ping(origin, now, period);
-            let wait = first - now;
-            assert!(
-                wait > period && wait <= period + Duration::from_secs(1),
-                "{offset_ms}"
-            );
-            assert_eq!(
-                first.duration_since(origin).subsec_nanos(),
-                0,
-                "{offset_ms}"
-            );
-        }
-    }
 
     #[test]
     fn subscription_options_are_checked() {
