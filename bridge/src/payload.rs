@@ -27,14 +27,7 @@ pub(crate) const MAX_DEPTH: usize = 16;
 /// Decodes a telemetry or state map. JSON maps start with `{` (after whitespace); CBOR maps
 /// start with a major-type-5 byte (0xa0..=0xbf), so the first byte tells the two apart.
 pub fn decode_map(bytes: &[u8], limit: usize) -> Result<Map<String, Value>, PayloadError> {
-    if bytes.len() > limit {
-        return Err(PayloadError::TooLarge(bytes.len()));
-    }
-    let first = bytes
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .ok_or(PayloadError::Empty)?;
-    let value: Value = if is_cbor_map(*first) {
+    let value: Value = if is_cbor_map(first_byte(bytes, limit)?) {
         let mut reader = std::io::Cursor::new(bytes);
         let value = ciborium::de::from_reader_with_recursion_limit(&mut reader, MAX_DEPTH)
             .map_err(|e| PayloadError::Cbor(e.to_string()))?;
@@ -53,6 +46,18 @@ pub fn decode_map(bytes: &[u8], limit: usize) -> Result<Map<String, Value>, Payl
         Value::Object(map) => Ok(map),
         _ => Err(PayloadError::NotAMap),
     }
+}
+
+/// The payload's first byte after whitespace, once its size is checked against `limit`.
+pub(crate) fn first_byte(bytes: &[u8], limit: usize) -> Result<u8, PayloadError> {
+    if bytes.len() > limit {
+        return Err(PayloadError::TooLarge(bytes.len()));
+    }
+    bytes
+        .iter()
+        .copied()
+        .find(|b| !b.is_ascii_whitespace())
+        .ok_or(PayloadError::Empty)
 }
 
 /// Whether a payload's first byte is a CBOR map header (major type 5): JSON maps start with `{`.

@@ -124,14 +124,7 @@ pub fn project<'a>(data: &'a Data, fields: Option<&[String]>) -> View<'a> {
 /// JSON is checked and copied without building a map; CBOR (first byte a map header) is decoded
 /// and written as JSON once. The same limits hold as for every device map.
 pub fn decode(bytes: &[u8], limit: usize) -> Result<(Option<i64>, Data), PayloadError> {
-    if bytes.len() > limit {
-        return Err(PayloadError::TooLarge(bytes.len()));
-    }
-    let first = bytes
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .ok_or(PayloadError::Empty)?;
-    if payload::is_cbor_map(*first) {
+    if payload::is_cbor_map(payload::first_byte(bytes, limit)?) {
         let mut map = payload::decode_map(bytes, limit)?;
         let ts = payload::timestamp(&map);
         map.remove("ts");
