@@ -126,6 +126,11 @@ pub fn free_port() -> Result<u16, BenchError> {
         .port())
 }
 
+/// Whether Mosquitto's start-up log says it could not bind a listener's port.
+fn port_taken(log: &str) -> bool {
+    log.contains("Unable to create websockets listener") || log.contains("Address already in use")
+}
+
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -158,7 +163,27 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// Starts Mosquitto on free ports; tries new ports if it cannot bind the ones picked (a port
+    /// found free can be taken before Mosquitto binds it, e.g. by a lingering connection of a
+    /// previous run with thousands of sockets).
     pub fn start(
+        binary: &Path,
+        websockets: bool,
+        certs: &Certs,
+        dir: &Path,
+    ) -> Result<Broker, BenchError> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(binary, websockets, certs, dir) {
+                Err(BenchError::Setup(e)) if attempt < 3 && port_taken(&e) => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(
         binary: &Path,
         websockets: bool,
         certs: &Certs,
