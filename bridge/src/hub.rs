@@ -21,7 +21,9 @@ use crate::topic::Pattern;
 
 pub type SessionId = u64;
 
-/// Decides which device ids a session may read (the ACL's answer for its identity).
+/// Decides which device ids a session may read (the ACL's answer for its identity). It must give
+/// the same answer for an id for as long as the session holds it (a change of permissions is a
+/// new scope, through `Hub::set_readable`): the hub relies on it to know where a session is listed.
 pub type ReadScope = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// How much telemetry history each device keeps.

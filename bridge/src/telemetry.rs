@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::payload::{self, PayloadError, MAX_DEPTH};
 
-/// A telemetry map without its `ts`, as compact JSON text.
+/// A telemetry map without its `ts`, as JSON text (the device's values as it wrote them).
 #[derive(Debug)]
 pub struct Data(Box<RawValue>);
 
@@ -133,6 +133,9 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<(Option<i64>, Data), Payload
     if json_depth(bytes) > MAX_DEPTH {
         return Err(PayloadError::Json("nested too deeply".into()));
     }
+    // The copy below reads values as raw text, which serde_json checks only loosely (numbers out
+    // of range, lone surrogates): check strictly first, so what is kept is what a parser reads.
+    serde_json::from_slice::<Strict>(bytes).map_err(|e| PayloadError::Json(e.to_string()))?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed = de
         .deserialize_map(Copier {
@@ -178,6 +181,48 @@ impl<'de> Visitor<'de> for Copier {
         out.push(b'}');
         let text = String::from_utf8(out).map_err(de::Error::custom)?;
         Ok((ts, text))
+    }
+}
+
+/// Any JSON value, read strictly and thrown away: a check that builds nothing.
+struct Strict;
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Strict)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = Strict;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        while seq.next_element::<Strict>()?.is_some() {}
+        Ok(Strict)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        while map.next_entry::<Strict, Strict>()?.is_some() {}
+        Ok(Strict)
     }
 }
 
@@ -305,6 +350,25 @@ mod tests {
             decode(deep.as_bytes(), 1024),
             Err(PayloadError::Json(_))
         ));
+        // Refused like the map decoder refuses them, not kept as text no parser reads back.
+        for bad in [
+            r#"{"t": 1, "x": 1e999}"#,
+            r#"{"t": 1, "x": "\ud800"}"#,
+            "[1,",
+            "42 x",
+        ] {
+            assert!(
+                matches!(decode(bad.as_bytes(), 1024), Err(PayloadError::Json(_))),
+                "{bad}"
+            );
+            assert!(
+                matches!(
+                    payload::decode_map(bad.as_bytes(), 1024),
+                    Err(PayloadError::Json(_))
+                ),
+                "{bad}"
+            );
+        }
         let ok = format!("{{\"a\":{}1{}}}", "[".repeat(15), "]".repeat(15));
         assert!(decode(ok.as_bytes(), 1024).is_ok());
         // Brackets inside strings are not nesting.

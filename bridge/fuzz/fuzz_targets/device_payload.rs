@@ -41,8 +41,8 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => assert!(!e.to_string().is_empty()),
     }
 
-    // Telemetry keeps the device's text: whatever decode_map accepts it accepts, and it holds
-    // the same map without `ts`. (It may accept more: numbers beyond f64 are kept as text.)
+    // Telemetry keeps the device's text: it accepts exactly what decode_map accepts, and it
+    // holds the same map without `ts`.
     match (iot_bridge::telemetry::decode(data, LIMIT), &map) {
         (Ok((ts, tele)), Ok(map)) => {
             let mut map = map.clone();
@@ -51,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(tele.map(), map, "telemetry kept other data: {}", tele.as_str());
         }
         (Err(e), Ok(_)) => panic!("telemetry refused a map decode_map accepts: {e}"),
-        _ => {}
+        (Ok((_, tele)), Err(e)) => {
+            panic!("telemetry kept {} where decode_map refuses: {e}", tele.as_str())
+        }
+        (Err(_), Err(_)) => {}
     }
 
     // An ack is a map with a non-empty string `id`; `error` is set exactly when `ok` is not true.
