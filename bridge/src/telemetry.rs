@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -130,12 +130,16 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<(Option<i64>, Data), Payload
         map.remove("ts");
         return Ok((ts, Data::from_map(&map)));
     }
-    if json_depth(bytes) > MAX_DEPTH {
-        return Err(PayloadError::Json("nested too deeply".into()));
-    }
     // The copy below reads values as raw text, which serde_json checks only loosely (numbers out
-    // of range, lone surrogates): check strictly first, so what is kept is what a parser reads.
-    serde_json::from_slice::<Strict>(bytes).map_err(|e| PayloadError::Json(e.to_string()))?;
+    // of range, lone surrogates): check strictly first, nesting included, so what is kept is
+    // what a parser reads.
+    let mut check = serde_json::Deserializer::from_slice(bytes);
+    Strict {
+        levels_left: MAX_DEPTH,
+    }
+    .deserialize(&mut check)
+    .and_then(|()| check.end())
+    .map_err(|e| PayloadError::Json(e.to_string()))?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed = de
         .deserialize_map(Copier {
@@ -184,45 +188,63 @@ impl<'de> Visitor<'de> for Copier {
     }
 }
 
-/// Any JSON value, read strictly and thrown away: a check that builds nothing.
-struct Strict;
+/// Any JSON value nested at most `levels_left` deep, read strictly and thrown away: a check
+/// that builds nothing.
+#[derive(Clone, Copy)]
+struct Strict {
+    levels_left: usize,
+}
 
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(Strict)
+impl Strict {
+    fn nested<E: de::Error>(self) -> Result<Strict, E> {
+        match self.levels_left {
+            0 => Err(E::custom("nested too deeply")),
+            n => Ok(Strict { levels_left: n - 1 }),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for Strict {
-    type Value = Strict;
+    type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
-        Ok(Strict)
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
-        Ok(Strict)
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
-        Ok(Strict)
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
-        Ok(Strict)
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
-        Ok(Strict)
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_unit<E>(self) -> Result<Strict, E> {
-        Ok(Strict)
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
-        while seq.next_element::<Strict>()?.is_some() {}
-        Ok(Strict)
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
-        while map.next_entry::<Strict, Strict>()?.is_some() {}
-        Ok(Strict)
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while map.next_key_seed(inner)?.is_some() {
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
     }
 }
 
@@ -246,34 +268,6 @@ impl<'de> Deserialize<'de> for Key<'de> {
         }
         d.deserialize_str(KeyVisitor)
     }
-}
-
-/// Deepest nesting of arrays and maps in JSON text (a scalar is 0), counted without parsing;
-/// only meaningful for text that then parses.
-fn json_depth(bytes: &[u8]) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in bytes {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
 }
 
 #[cfg(test)]
