@@ -41,6 +41,13 @@ struct Cli {
     /// a setting without rebuilding.
     #[arg(long = "bridge-limit", value_name = "KEY = VALUE")]
     bridge_limits: Vec<String>,
+    /// One trial at this rate (messages per second in) for (b1), (b2) and (b3) instead of the
+    /// max-rate search: to profile the bridge at a known load.
+    #[arg(long, value_name = "MSG_PER_SEC")]
+    fixed_rate: Option<f64>,
+    /// Seconds each fan-out trial publishes for (default 2).
+    #[arg(long)]
+    trial_secs: Option<f64>,
     /// Also write the report (Markdown) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -95,6 +102,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some(n) = cli.idle_peer_connections {
         plan.idle_peer_connections = n;
+    }
+    if let Some(rate) = cli.fixed_rate {
+        plan.search = false;
+        for fan in [&mut plan.b1, &mut plan.b2, &mut plan.b3] {
+            fan.rate = rate;
+        }
+    }
+    if let Some(secs) = cli.trial_secs {
+        plan.trial_secs = secs;
     }
     if let (Some(n), Some(f)) = (cli.fleet_devices, plan.fleet.as_mut()) {
         f.devices = n;
