@@ -224,6 +224,14 @@ impl Hub {
         }
     }
 
+    /// Wakes every session once to look at shared state (shutdown, a new ACL).
+    pub fn nudge_sessions(&self) {
+        let inner = self.lock();
+        for s in inner.sessions.values() {
+            s.outbox.nudge();
+        }
+    }
+
     fn presence_of(&self, d: &Device) -> Presence {
         match d.online {
             _ if !self.broker_up() => Presence::Stale,

@@ -17,6 +17,7 @@
 pub mod acl;
 pub mod commands;
 pub mod config;
+mod gate;
 pub mod history;
 pub mod hub;
 pub mod metrics;
@@ -34,11 +35,12 @@ pub mod telemetry;
 pub mod tls;
 pub mod topic;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -90,12 +92,12 @@ pub struct Shared {
     /// Cancelled when the bridge is asked to stop: no new connections.
     pub shutdown: CancellationToken,
     /// Cancelled once in-flight commands had their chance: sessions flush and close.
-    pub close_sessions: CancellationToken,
+    closing: CancellationToken,
     pub tracker: TaskTracker,
     pub rate: ratelimit::RateLimiter,
     acl: RwLock<Arc<acl::Acl>>,
-    /// Bumped on every ACL reload; sessions watch it to recompute their grants.
-    pub acl_version: watch::Sender<u64>,
+    /// Bumped on every ACL reload; sessions compare it with theirs to recompute their grants.
+    acl_version: AtomicU64,
     acceptor: RwLock<TlsAcceptor>,
 }
 
@@ -106,7 +108,24 @@ impl Shared {
 
     pub fn set_acl(&self, acl: acl::Acl) {
         *self.acl.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(acl);
-        self.acl_version.send_modify(|v| *v += 1);
+        self.acl_version.fetch_add(1, Ordering::AcqRel);
+        self.hub.nudge_sessions();
+    }
+
+    /// Changes with every ACL reload.
+    pub fn acl_version(&self) -> u64 {
+        self.acl_version.load(Ordering::Acquire)
+    }
+
+    /// Closes every session: each delivers what it has queued and says goodbye with 1001.
+    pub fn close_sessions(&self) {
+        self.closing.cancel();
+        self.hub.nudge_sessions();
+    }
+
+    /// Whether sessions are being closed.
+    pub fn closing(&self) -> bool {
+        self.closing.is_cancelled()
     }
 
     /// The acceptor for new connections; connections already up keep theirs.
@@ -179,11 +198,11 @@ pub async fn run_with(
         metrics,
         link: link_handle,
         shutdown: shutdown.clone(),
-        close_sessions: CancellationToken::new(),
+        closing: CancellationToken::new(),
         tracker: TaskTracker::new(),
         rate: ratelimit::RateLimiter::new(config_rate.0, config_rate.1),
         acl: RwLock::new(Arc::new(acl)),
-        acl_version: watch::Sender::new(0),
+        acl_version: AtomicU64::new(0),
         acceptor: RwLock::new(TlsAcceptor::from(tls)),
     });
     tokio::spawn(reload::watch(shared.clone(), control.reload));
@@ -200,7 +219,7 @@ pub async fn run_with(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shared.commands.fail_all("bridge shutting down");
-    shared.close_sessions.cancel();
+    shared.close_sessions();
     shared.tracker.close();
     let rest = grace.saturating_sub(started.elapsed());
     if tokio::time::timeout(rest, shared.tracker.wait())

@@ -288,8 +288,15 @@ impl Metrics {
 
     /// Counts a written message by its [`ServerMsg::type_index`](crate::protocol::ServerMsg::type_index).
     pub fn message_out(&self, type_index: usize) {
+        self.messages_out(type_index, 1);
+    }
+
+    /// `n` messages of one type written (an index out of range counts nothing).
+    pub fn messages_out(&self, type_index: usize, n: u64) {
         if let Some(counter) = self.messages_out.get(type_index) {
-            counter.inc();
+            if n > 0 {
+                counter.inc_by(n);
+            }
         }
     }
 

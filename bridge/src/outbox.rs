@@ -2,12 +2,13 @@
 //! full, telemetry is conflated to the newest value per device while everything else is kept.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::protocol::{self, ServerMsg, Wire, WireSet};
@@ -103,10 +104,12 @@ pub struct DrainInfo {
 /// Queue slots an empty outbox keeps (a frame slot is about 90 bytes).
 const KEEP_QUEUE_CAPACITY: usize = 32;
 
+/// One producer side (the hub, command results, the session itself) and one consumer, the
+/// session's task. Readiness is level-triggered: the session is ready while frames are queued,
+/// and it is woken only when a push finds the queue empty and the session waiting.
 #[derive(Debug)]
 pub struct Outbox {
     inner: Mutex<Inner>,
-    notify: Notify,
     capacity: usize,
     max_bytes: usize,
 }
@@ -119,6 +122,11 @@ struct Inner {
     conflated: u64,
     over_since: Option<Instant>,
     closed: bool,
+    /// The session's task, while it waits for an empty queue to fill.
+    waker: Option<Waker>,
+    /// The session should look at its state again: a held frame's due time changed (its
+    /// timer needs re-arming), or shared state did (shutdown, permissions).
+    attention: bool,
     /// Per-device rate limits asked for with `max_rate_hz`: newest value wins while held.
     throttle: HashMap<Arc<str>, Throttle>,
 }
@@ -135,7 +143,6 @@ impl Outbox {
     pub fn new(capacity: usize, max_bytes: usize) -> Arc<Outbox> {
         Arc::new(Outbox {
             inner: Mutex::new(Inner::default()),
-            notify: Notify::new(),
             capacity,
             max_bytes,
         })
@@ -176,10 +183,10 @@ impl Outbox {
         inner.bytes += frame.len();
         inner.queue.push_back(frame);
         // Only the first frame wakes the session: it drains everything queued behind it.
-        let first = inner.queue.len() == 1;
+        let waker = inner.waker.take();
         drop(inner);
-        if first {
-            self.notify.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
@@ -204,11 +211,11 @@ impl Outbox {
             if now < slot.next_allowed {
                 if slot.held.replace(frame).is_some() {
                     inner.conflated += 1;
+                    return;
                 }
+                // A newly held frame may be due before the session's timer: it re-arms.
                 drop(inner);
-                // The session may need to re-arm its timer for this new due time.
-                self.notify.notify_one();
-                return;
+                return self.nudge();
             }
             slot.next_allowed = now + interval;
         }
@@ -272,25 +279,48 @@ impl Outbox {
             conflated: std::mem::take(&mut inner.conflated),
             over_since: inner.over_since,
         };
-        if !inner.queue.is_empty() {
-            // More to send: make sure the writer comes back without waiting for a new push.
-            self.notify.notify_one();
-        } else if inner.queue.capacity() > KEEP_QUEUE_CAPACITY {
+        if inner.queue.is_empty() && inner.queue.capacity() > KEEP_QUEUE_CAPACITY {
             // A burst is over: an idle session does not keep room for the next one.
             inner.queue = VecDeque::new();
         }
         info
     }
 
-    /// Resolves when frames may be waiting.
-    pub async fn ready(&self) {
-        self.notify.notified().await
+    /// Wakes the session once to look at its state (see [`Outbox::poll_ready`]).
+    pub fn nudge(&self) {
+        let mut inner = self.lock();
+        inner.attention = true;
+        let waker = inner.waker.take();
+        drop(inner);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Ready while frames are queued, and once after each [`Outbox::nudge`]. Polling it costs
+    /// one uncontended lock: the session polls it on every turn of its loop.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.lock();
+        if !inner.queue.is_empty() || std::mem::take(&mut inner.attention) {
+            return Poll::Ready(());
+        }
+        match &inner.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => inner.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Resolves when [`Outbox::poll_ready`] is ready.
+    pub fn ready(&self) -> impl std::future::Future<Output = ()> + '_ {
+        poll_fn(|cx| self.poll_ready(cx))
     }
 
     /// Stops accepting frames and frees the queue.
     pub fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
+        inner.waker = None;
         inner.queue = VecDeque::new();
         inner.bytes = 0;
         inner.throttle = HashMap::new();
@@ -342,37 +372,61 @@ mod tests {
         assert_eq!(info, DrainInfo::default());
     }
 
-    #[tokio::test]
-    async fn the_first_frame_wakes_the_writer_and_the_rest_ride_along() {
-        use std::future::Future;
-        use std::task::Context;
+    /// Counts the wake-ups it is given.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_first_frame_wakes_the_writer_and_the_rest_ride_along() {
         let ob = Outbox::new(100, usize::MAX);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut ready = Box::pin(ob.ready());
-        assert!(
-            ready.as_mut().poll(&mut cx).is_pending(),
-            "nothing queued yet"
-        );
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let count = || wakes.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(ob.poll_ready(&mut cx).is_pending(), "nothing queued yet");
         ob.push(text("1"));
         ob.push(text("2"));
-        assert!(
-            ready.as_mut().poll(&mut cx).is_ready(),
-            "the first push wakes"
-        );
+        assert_eq!(count(), 1, "one wake for both frames");
+        assert!(ob.poll_ready(&mut cx).is_ready());
+        assert!(ob.poll_ready(&mut cx).is_ready(), "ready while frames wait");
         let mut out = Vec::new();
         ob.drain(&mut out, 100, usize::MAX);
         assert_eq!(texts(&out), ["1", "2"]);
-        // One wake for both frames: nothing is left to wake the writer for.
-        let mut again = Box::pin(ob.ready());
+        assert!(ob.poll_ready(&mut cx).is_pending(), "drained");
         assert!(
-            again.as_mut().poll(&mut cx).is_pending(),
-            "no wake for frame 2"
+            ob.poll_ready(&mut cx).is_pending(),
+            "polling again is no wake"
         );
+        assert_eq!(count(), 1);
         ob.push(text("3"));
-        assert!(
-            again.as_mut().poll(&mut cx).is_ready(),
-            "an emptied queue wakes again"
-        );
+        assert_eq!(count(), 2, "an emptied queue wakes again");
+        ob.push(text("4"));
+        assert_eq!(count(), 2, "the session was woken already");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newly_held_frame_makes_the_session_rearm_once() {
+        let ob = Outbox::new(16, usize::MAX);
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let every = Duration::from_millis(100);
+        ob.push_throttled(tele("a", 1), every);
+        let mut out = Vec::new();
+        ob.drain(&mut out, 100, usize::MAX);
+        assert!(ob.poll_ready(&mut cx).is_pending());
+        ob.push_throttled(tele("a", 2), every); // held: due time is new
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(ob.poll_ready(&mut cx).is_ready(), "re-arm");
+        assert!(ob.poll_ready(&mut cx).is_pending(), "once");
+        ob.push_throttled(tele("a", 3), every); // replaces the held one: same due time
+        assert!(ob.poll_ready(&mut cx).is_pending());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::acl::Grants;
 use crate::commands::{CommandError, CommandRequest};
+use crate::gate::Gated;
 use crate::history::Query;
 use crate::hub::{ReadScope, SessionId, SubOptions, SubscribeRequest};
 use crate::outbox::{Frame, Outbox};
@@ -34,6 +35,8 @@ pub async fn run(socket: WebSocket, wire: Wire, peer: Peer, shared: Arc<Shared>)
     let _tracked = shared.tracker.token();
     let limits = &shared.config.limits;
     let outbox = Outbox::new(limits.session_queue, limits.session_queue_bytes);
+    // Read before the grants: a reload in between shows as a newer version, and is applied.
+    let acl_version = shared.acl_version();
     let grants = shared.acl().grants(&peer.identity);
     let readable = read_scope(&grants);
     let id = shared.hub.register(outbox.clone(), wire, readable.clone());
@@ -48,6 +51,7 @@ pub async fn run(socket: WebSocket, wire: Wire, peer: Peer, shared: Arc<Shared>)
         outbox,
         readable,
         grants,
+        acl_version,
     };
     session.run(socket).instrument(span).await;
     shared.hub.unregister(id);
@@ -62,6 +66,8 @@ struct Session {
     outbox: Arc<Outbox>,
     readable: ReadScope,
     grants: Grants,
+    /// The ACL version `grants` were computed from.
+    acl_version: u64,
 }
 
 fn read_scope(grants: &Grants) -> ReadScope {
@@ -77,24 +83,42 @@ enum End {
 }
 
 impl Session {
-    async fn run(mut self, mut ws: WebSocket) {
+    async fn run(mut self, ws: WebSocket) {
         self.welcome();
-        let mut acl_changes = self.shared.acl_version.subscribe();
+        // A turn of the loop polls only what belongs to this session. Shutdown and ACL reloads
+        // reach it as a nudge through its outbox (see `Shared::nudge_sessions`), not as
+        // futures on shared state that every session would lock on every turn, and the socket's
+        // read side is polled only when it has something (see `gate`).
+        let outbox = self.outbox.clone();
+        let mut ws = Gated::new(ws);
         let limits = &self.shared.config.limits;
         let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
         let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_interval_secs));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let mut last_heard = Instant::now();
+        // When the earliest frame held back by a subscription's `max_rate_hz` is due.
+        let throttle = sleep_until(Instant::now());
+        let mut armed: Option<Instant> = None;
+        tokio::pin!(throttle);
 
         let end = loop {
-            let throttled = self.outbox.next_due();
-            tokio::select! {
-                _ = self.shared.close_sessions.cancelled() => {
-                    // Deliver what is queued (final command statuses among it), then say goodbye.
-                    let _ = self.write_queued(&mut ws, idle_timeout).await;
-                    break End::Close(close_code::AWAY, "bridge shutting down", "shutdown");
+            if self.shared.closing() {
+                // Deliver what is queued (final command statuses among it), then say goodbye.
+                let _ = self.write_queued(ws.get_mut(), idle_timeout).await;
+                break End::Close(close_code::AWAY, "bridge shutting down", "shutdown");
+            }
+            if self.shared.acl_version() != self.acl_version {
+                self.regrant();
+            }
+            let due = outbox.next_due();
+            if due != armed {
+                if let Some(at) = due {
+                    throttle.as_mut().reset(at);
                 }
+                armed = due;
+            }
+            tokio::select! {
                 incoming = ws.next() => match incoming {
                     None => break End::PeerGone,
                     Some(Err(e)) => break self.read_error(e),
@@ -108,26 +132,28 @@ impl Session {
                         }
                     }
                 },
-                _ = self.outbox.ready() => {
-                    match self.write_queued(&mut ws, idle_timeout).await {
+                _ = outbox.ready() => {
+                    match self.write_queued(ws.get_mut(), idle_timeout).await {
                         Ok(()) => {}
                         Err(end) => break end,
                     }
                 }
-                Ok(()) = acl_changes.changed() => self.regrant(),
-                _ = sleep_until(throttled.unwrap_or_else(Instant::now)), if throttled.is_some() => {
-                    self.outbox.release_due();
+                _ = &mut throttle, if armed.is_some() => {
+                    outbox.release_due();
+                    armed = None;
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > idle_timeout {
                         break End::Close(close_code::AWAY, "idle timeout: no pong received", "idle");
                     }
-                    if tokio::time::timeout(idle_timeout, ws.send(Message::Ping(Default::default()))).await.is_err() {
+                    let ping = ws.get_mut().send(Message::Ping(Default::default()));
+                    if tokio::time::timeout(idle_timeout, ping).await.is_err() {
                         break End::PeerGone;
                     }
                 }
             }
         };
+        let ws = ws.get_mut();
         if let End::Close(code, reason, label) = end {
             self.shared.metrics.closed(label);
             debug!(code, reason, "closing session");
@@ -198,10 +224,18 @@ impl Session {
                 ));
             }
             let write = async {
+                // Counted per run of one type, not per frame: the counters are shared by
+                // every session, and a batch is mostly telemetry.
+                let mut run = (usize::MAX, 0);
                 for frame in batch.drain(..) {
-                    metrics.message_out(frame.type_index());
+                    if frame.type_index() != run.0 {
+                        metrics.messages_out(run.0, run.1);
+                        run = (frame.type_index(), 0);
+                    }
+                    run.1 += 1;
                     ws.feed(frame.message(self.wire)).await?;
                 }
+                metrics.messages_out(run.0, run.1);
                 if info.conflated > 0 {
                     metrics.conflated.inc_by(info.conflated);
                     let lag = ServerMsg::Lagging {
@@ -263,6 +297,7 @@ impl Session {
 
     /// The ACL changed: recompute what this identity may do; streams it may no longer read stop.
     fn regrant(&mut self) {
+        self.acl_version = self.shared.acl_version();
         self.grants = self.shared.acl().grants(&self.peer.identity);
         self.readable = read_scope(&self.grants);
         self.shared.hub.set_readable(self.id, self.readable.clone());
