@@ -256,6 +256,12 @@ impl FrameCodec {
 
         trace!("writing frame {frame}");
 
+        if self.out_buffer.capacity() == 0 {
+            // iot-bridge patch: the buffer was given back after the last flush (see
+            // `release_out_buffer`); take room for a whole write at once instead of growing
+            // through every power of two (and copying) on the way there, batch after batch.
+            self.out_buffer.reserve(frame.len().max(self.out_buffer_write_len + 1024));
+        }
         self.out_buffer.reserve(frame.len());
         frame.format_into_buf(&mut self.out_buffer).expect("Bug: can't write to vector");
 
