@@ -20,6 +20,7 @@ pub mod config;
 mod gate;
 pub mod history;
 pub mod hub;
+pub mod keepalive;
 pub mod metrics;
 pub mod mqtt_link;
 pub mod outbox;
@@ -94,6 +95,8 @@ pub struct Shared {
     /// Cancelled once in-flight commands had their chance: sessions flush and close.
     closing: CancellationToken,
     pub tracker: TaskTracker,
+    /// When each session pings its client.
+    pub keepalive: Arc<keepalive::Keepalive>,
     pub rate: ratelimit::RateLimiter,
     acl: RwLock<Arc<acl::Acl>>,
     /// Bumped on every ACL reload; sessions compare it with theirs to recompute their grants.
@@ -188,6 +191,10 @@ pub async fn run_with(
     let link_handle = link.handle();
     let link_task = tokio::spawn(link.run(stop_link.clone()));
 
+    let keepalive =
+        keepalive::Keepalive::new(Duration::from_secs(config.limits.ping_interval_secs));
+    tokio::spawn(keepalive.clone().run(stop_link.clone()));
+
     let grace = config.grace();
     let config_rate = (config.limits.command_rate, config.limits.command_burst);
     let shared = Arc::new(Shared {
@@ -200,6 +207,7 @@ pub async fn run_with(
         shutdown: shutdown.clone(),
         closing: CancellationToken::new(),
         tracker: TaskTracker::new(),
+        keepalive: keepalive.clone(),
         rate: ratelimit::RateLimiter::new(config_rate.0, config_rate.1),
         acl: RwLock::new(Arc::new(acl)),
         acl_version: AtomicU64::new(0),

@@ -127,6 +127,8 @@ struct Inner {
     /// The session should look at its state again: a held frame's due time changed (its
     /// timer needs re-arming), or shared state did (shutdown, permissions).
     attention: bool,
+    /// The keepalive wheel asked the session to ping its client.
+    ping: bool,
     /// Per-device rate limits asked for with `max_rate_hz`: newest value wins while held.
     throttle: HashMap<Arc<str>, Throttle>,
 }
@@ -297,11 +299,27 @@ impl Outbox {
         }
     }
 
-    /// Ready while frames are queued, and once after each [`Outbox::nudge`]. Polling it costs
-    /// one uncontended lock: the session polls it on every turn of its loop.
+    /// Asks the session to ping its client (see `keepalive`); it is ready until it takes it.
+    pub fn ping_due(&self) {
+        let mut inner = self.lock();
+        inner.ping = true;
+        let waker = inner.waker.take();
+        drop(inner);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Whether a ping is due, clearing the request.
+    pub fn take_ping(&self) -> bool {
+        std::mem::take(&mut self.lock().ping)
+    }
+
+    /// Ready while frames are queued or a ping is due, and once after each [`Outbox::nudge`].
+    /// Polling it costs one uncontended lock: the session polls it on every turn of its loop.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut inner = self.lock();
-        if !inner.queue.is_empty() || std::mem::take(&mut inner.attention) {
+        if !inner.queue.is_empty() || inner.ping || std::mem::take(&mut inner.attention) {
             return Poll::Ready(());
         }
         match &inner.waker {

@@ -85,17 +85,16 @@ enum End {
 impl Session {
     async fn run(mut self, ws: WebSocket) {
         self.welcome();
-        // A turn of the loop polls only what belongs to this session. Shutdown and ACL reloads
-        // reach it as a nudge through its outbox (see `Shared::nudge_sessions`), not as
-        // futures on shared state that every session would lock on every turn, and the socket's
-        // read side is polled only when it has something (see `gate`).
+        // A turn of the loop polls only what belongs to this session. Shutdown, ACL reloads and
+        // keepalive pings reach it through its outbox (`Hub::nudge_sessions`, `keepalive`),
+        // not as futures on shared state that every session would lock on every turn or as a
+        // timer per session, and the socket's read side is polled only when it has something
+        // (see `gate`).
         let outbox = self.outbox.clone();
         let mut ws = Gated::new(ws);
         let limits = &self.shared.config.limits;
         let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
-        let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_interval_secs));
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
+        self.shared.keepalive.add(&outbox);
         let mut last_heard = Instant::now();
         // When the earliest frame held back by a subscription's `max_rate_hz` is due.
         let throttle = sleep_until(Instant::now());
@@ -133,6 +132,15 @@ impl Session {
                     }
                 },
                 _ = outbox.ready() => {
+                    if outbox.take_ping() {
+                        if last_heard.elapsed() > idle_timeout {
+                            break End::Close(close_code::AWAY, "idle timeout: no pong received", "idle");
+                        }
+                        let ping = ws.get_mut().send(Message::Ping(Default::default()));
+                        if tokio::time::timeout(idle_timeout, ping).await.is_err() {
+                            break End::PeerGone;
+                        }
+                    }
                     match self.write_queued(ws.get_mut(), idle_timeout).await {
                         Ok(()) => {}
                         Err(end) => break end,
@@ -141,15 +149,6 @@ impl Session {
                 _ = &mut throttle, if armed.is_some() => {
                     outbox.release_due();
                     armed = None;
-                }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > idle_timeout {
-                        break End::Close(close_code::AWAY, "idle timeout: no pong received", "idle");
-                    }
-                    let ping = ws.get_mut().send(Message::Ping(Default::default()));
-                    if tokio::time::timeout(idle_timeout, ping).await.is_err() {
-                        break End::PeerGone;
-                    }
                 }
             }
         };
