@@ -205,8 +205,32 @@ pub struct Search {
     pub tried: Vec<(f64, bool)>,
 }
 
-/// Grows the rate from `start` until a trial is not sustained, then bisects between the best
-/// sustained rate and the first failing one. `log` hears about every trial.
+/// One rate, decided: a trial that is not sustained is run once more, and the rate fails only if
+/// both fail. A host that stalls the benchmark for some tens of milliseconds (this kind of
+/// machine shares its cores with other tenants) fails a 2 s trial at any load; a rate the system
+/// cannot sustain fails twice. Both sides of every comparison are searched the same way.
+async fn decide(
+    rig: &Rig,
+    devices: &Devices,
+    clients: &ClientSet,
+    ids: &mut TrialIds,
+    rate: f64,
+    duration: Duration,
+    log: &mut dyn FnMut(&Trial),
+) -> Result<Trial, BenchError> {
+    let t = trial(rig, devices, clients, ids, rate, duration).await?;
+    log(&t);
+    if t.sustained() {
+        return Ok(t);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = trial(rig, devices, clients, ids, rate, duration).await?;
+    log(&again);
+    Ok(again)
+}
+
+/// Grows the rate from `start` until a rate is not sustained (see [`decide`]), then bisects
+/// between the best sustained rate and the first failing one. `log` hears about every trial.
 pub async fn search(
     rig: &Rig,
     devices: &Devices,
@@ -221,8 +245,7 @@ pub async fn search(
     let mut rate = start;
     // Grow (or, if even the start fails, shrink) until there is a bracket.
     for _ in 0..12 {
-        let t = trial(rig, devices, clients, ids, rate, duration).await?;
-        log(&t);
+        let t = decide(rig, devices, clients, ids, rate, duration, log).await?;
         let ok = t.sustained();
         result.tried.push((rate, ok));
         if ok {
@@ -245,8 +268,7 @@ pub async fn search(
             break;
         };
         let mid = (lo * hi).sqrt();
-        let t = trial(rig, devices, clients, ids, mid, duration).await?;
-        log(&t);
+        let t = decide(rig, devices, clients, ids, mid, duration, log).await?;
         let ok = t.sustained();
         result.tried.push((mid, ok));
         if ok {
