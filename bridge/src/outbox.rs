@@ -140,6 +140,15 @@ struct Throttle {
     held: Option<Frame>,
 }
 
+/// Wakes the session if it is waiting, once the lock is let go.
+fn wake_session(mut inner: MutexGuard<'_, Inner>) {
+    let waker = inner.waker.take();
+    drop(inner);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 impl Outbox {
     /// A queue of at most `capacity` frames or `max_bytes` (beyond which telemetry conflates).
     pub fn new(capacity: usize, max_bytes: usize) -> Arc<Outbox> {
@@ -184,12 +193,8 @@ impl Outbox {
         }
         inner.bytes += frame.len();
         inner.queue.push_back(frame);
-        // Only the first frame wakes the session: it drains everything queued behind it.
-        let waker = inner.waker.take();
-        drop(inner);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        // Only the first frame finds the session waiting: it drains everything queued behind it.
+        wake_session(inner);
     }
 
     /// Queues telemetry at most once per `interval` per device; in between, the newest frame is
@@ -292,22 +297,14 @@ impl Outbox {
     pub fn nudge(&self) {
         let mut inner = self.lock();
         inner.attention = true;
-        let waker = inner.waker.take();
-        drop(inner);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_session(inner);
     }
 
     /// Asks the session to ping its client (see `keepalive`); it is ready until it takes it.
     pub fn ping_due(&self) {
         let mut inner = self.lock();
         inner.ping = true;
-        let waker = inner.waker.take();
-        drop(inner);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_session(inner);
     }
 
     /// Whether a ping is due, clearing the request.
