@@ -140,51 +140,128 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<(Option<i64>, Data), Payload
     .deserialize(&mut check)
     .and_then(|()| check.end())
     .map_err(|e| PayloadError::Json(e.to_string()))?;
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = de
-        .deserialize_map(Copier {
-            capacity: bytes.len(),
-        })
-        .and_then(|parsed| de.end().map(|()| parsed));
-    match parsed {
-        Ok((ts, text)) => Ok((ts, Data::from_text(text))),
-        Err(e) if e.classify() == serde_json::error::Category::Data => Err(PayloadError::NotAMap),
-        Err(e) => Err(PayloadError::Json(e.to_string())),
-    }
+    // Valid JSON now, so its entries can be cut out of the text by their bytes alone.
+    let text = std::str::from_utf8(bytes).map_err(|e| PayloadError::Json(e.to_string()))?;
+    let (ts, text) = without_ts(text)?;
+    Ok((ts, Data::from_text(text)))
 }
 
-/// Copies a JSON map's entries but `ts` into compact text, reading `ts` on the way.
-struct Copier {
-    capacity: usize,
-}
-
-impl<'de> Visitor<'de> for Copier {
-    type Value = (Option<i64>, String);
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a map")
+/// The entries of a JSON map but `ts`, as compact text (each value exactly as the device wrote
+/// it, keys in serde_json's spelling), and the value of `ts` if it is a plausible time.
+///
+/// `text` must be valid JSON (the strict check ran): this only finds where the top-level entries
+/// begin and end, counting brackets and skipping strings; it never parses a value.
+fn without_ts(text: &str) -> Result<(Option<i64>, String), PayloadError> {
+    let unreadable = || PayloadError::Json("unreadable JSON".into());
+    let b = text.as_bytes();
+    let mut i = skip_space(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return Err(PayloadError::NotAMap);
     }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(self.capacity);
-        let mut ts = None;
-        out.push(b'{');
-        while let Some(Key(key)) = map.next_key()? {
-            let value: &RawValue = map.next_value()?;
-            if key == "ts" {
-                ts = value.get().parse::<i64>().ok().filter(|t| *t > 0);
-                continue;
-            }
-            if out.len() > 1 {
-                out.push(b',');
-            }
-            serde_json::to_writer(&mut out, &key).map_err(de::Error::custom)?;
-            out.push(b':');
-            out.extend_from_slice(value.get().as_bytes());
+    i += 1;
+    let mut out = String::with_capacity(text.len());
+    out.push('{');
+    let mut ts = None;
+    loop {
+        i = skip_space(b, i);
+        match b.get(i) {
+            Some(b'}') => break,
+            Some(b',') => i = skip_space(b, i + 1),
+            Some(_) => {}
+            None => return Err(unreadable()),
         }
-        out.push(b'}');
-        let text = String::from_utf8(out).map_err(de::Error::custom)?;
-        Ok((ts, text))
+        let key_end = string_end(b, i).ok_or_else(unreadable)?;
+        let raw_key = &text[i..key_end];
+        i = skip_space(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return Err(unreadable());
+        }
+        i = skip_space(b, i + 1);
+        let value_end = value_end(b, i).ok_or_else(unreadable)?;
+        let value = &text[i..value_end];
+        i = value_end;
+        // Without a backslash a key is already in serde_json's spelling; with one, it is
+        // decoded (to compare it) and written again.
+        let key: Cow<'_, str> = if raw_key.contains('\\') {
+            let decoded: String = serde_json::from_str(raw_key).map_err(|_| unreadable())?;
+            Cow::Owned(serde_json::to_string(&decoded).map_err(|_| unreadable())?)
+        } else {
+            Cow::Borrowed(raw_key)
+        };
+        if key == "\"ts\"" {
+            ts = value.parse::<i64>().ok().filter(|t| *t > 0);
+            continue;
+        }
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(&key);
+        out.push(':');
+        out.push_str(value);
+    }
+    out.push('}');
+    Ok((ts, out))
+}
+
+/// The index of the first byte at or after `i` that is not JSON whitespace.
+fn skip_space(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the string that starts at `i`.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let mut j = i + 1;
+    loop {
+        match b.get(j)? {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+}
+
+/// The index just past the value that starts at `i`.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match b.get(j)? {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        // A number or a literal: up to the next delimiter.
+        _ => {
+            let mut j = i;
+            while !matches!(
+                b.get(j),
+                None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            ) {
+                j += 1;
+            }
+            Some(j)
+        }
     }
 }
 

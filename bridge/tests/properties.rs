@@ -119,6 +119,30 @@ proptest! {
     }
 
     #[test]
+    fn telemetry_text_is_the_compact_payload_without_ts(
+        map in prop::collection::btree_map(".{0,6}", value(), 0..5),
+        ts in proptest::option::of(any::<i64>()),
+    ) {
+        // Keys of any characters (quotes, backslashes, controls, non-ASCII), with or without a
+        // `ts`: sent compact, the kept text is the map without `ts`, byte for byte; sent pretty,
+        // the same map (values keep the device's spelling, whitespace inside them included).
+        let mut map: Map<String, Value> = map.into_iter().collect();
+        if let Some(ts) = ts {
+            map.insert("ts".into(), json!(ts));
+        }
+        let v = Value::Object(map.clone());
+        map.remove("ts");
+        let want = Value::Object(map).to_string();
+        let (got_ts, data) = telemetry::decode(v.to_string().as_bytes(), 1 << 20).unwrap();
+        prop_assert_eq!(data.as_str(), want.as_str());
+        prop_assert_eq!(got_ts, ts.filter(|t| *t > 0));
+        let pretty = serde_json::to_string_pretty(&v).unwrap();
+        let (got_ts, data) = telemetry::decode(pretty.as_bytes(), 1 << 20).unwrap();
+        prop_assert_eq!(serde_json::from_str::<Value>(data.as_str()).unwrap(), serde_json::from_str::<Value>(&want).unwrap());
+        prop_assert_eq!(got_ts, ts.filter(|t| *t > 0));
+    }
+
+    #[test]
     fn device_payload_decoding_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = telemetry::decode(&bytes, 1024);
         let _ = payload::decode_map(&bytes, 1024);
