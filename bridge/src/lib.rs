@@ -36,7 +36,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod topic;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -92,8 +92,10 @@ pub struct Shared {
     pub link: mqtt_link::LinkHandle,
     /// Cancelled when the bridge is asked to stop: no new connections.
     pub shutdown: CancellationToken,
-    /// Cancelled once in-flight commands had their chance: sessions flush and close.
-    closing: CancellationToken,
+    /// Set once in-flight commands had their chance: sessions flush and close. A flag, not a
+    /// `CancellationToken`: every session reads it on every turn of its loop, and a token's
+    /// `is_cancelled` takes a lock that all of them would share.
+    closing: AtomicBool,
     pub tracker: TaskTracker,
     /// When each session pings its client.
     pub keepalive: Arc<keepalive::Keepalive>,
@@ -122,13 +124,13 @@ impl Shared {
 
     /// Closes every session: each delivers what it has queued and says goodbye with 1001.
     pub fn close_sessions(&self) {
-        self.closing.cancel();
+        self.closing.store(true, Ordering::Release);
         self.hub.nudge_sessions();
     }
 
     /// Whether sessions are being closed.
     pub fn closing(&self) -> bool {
-        self.closing.is_cancelled()
+        self.closing.load(Ordering::Acquire)
     }
 
     /// The acceptor for new connections; connections already up keep theirs.
@@ -205,7 +207,7 @@ pub async fn run_with(
         metrics,
         link: link_handle,
         shutdown: shutdown.clone(),
-        closing: CancellationToken::new(),
+        closing: AtomicBool::new(false),
         tracker: TaskTracker::new(),
         keepalive: keepalive.clone(),
         rate: ratelimit::RateLimiter::new(config_rate.0, config_rate.1),
