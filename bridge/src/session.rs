@@ -202,7 +202,11 @@ impl Session {
     /// within the idle timeout is dead to us.
     async fn write_queued(&self, ws: &mut WebSocket, deadline: Duration) -> Result<(), End> {
         let metrics = &self.shared.metrics;
-        metrics.queue_depth.observe(self.outbox.len() as f64);
+        // Wakes with nothing queued (a ping, a nudge) say nothing about how far behind it is.
+        let queued = self.outbox.len();
+        if queued > 0 {
+            metrics.queue_depth.observe(queued as f64);
+        }
         // Lives for this call only: an idle session holds no batch buffer.
         let mut batch = Vec::new();
         loop {
