@@ -133,7 +133,15 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<(Option<i64>, Data), Payload
     // The copy below reads values as raw text, which serde_json checks only loosely (numbers out
     // of range, lone surrogates): check strictly first, nesting included, so what is kept is
     // what a parser reads.
-    let mut check = serde_json::Deserializer::from_slice(bytes);
+    // UTF-8 is checked once, here; the parser then reads a `str` and does not check it again.
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        // Told the way the map decoder tells it, which parses bytes into values (skipping a
+        // string, as `IgnoredAny` does, would not check its UTF-8).
+        let refused = serde_json::from_slice::<Value>(bytes).err();
+        let why = refused.map_or_else(|| "payload is not UTF-8".into(), |e| e.to_string());
+        return Err(PayloadError::Json(why));
+    };
+    let mut check = serde_json::Deserializer::from_str(text);
     Strict {
         levels_left: MAX_DEPTH,
     }
@@ -141,7 +149,6 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<(Option<i64>, Data), Payload
     .and_then(|()| check.end())
     .map_err(|e| PayloadError::Json(e.to_string()))?;
     // Valid JSON now, so its entries can be cut out of the text by their bytes alone.
-    let text = std::str::from_utf8(bytes).map_err(|e| PayloadError::Json(e.to_string()))?;
     let (ts, text) = without_ts(text)?;
     Ok((ts, Data::from_text(text)))
 }
@@ -439,6 +446,16 @@ mod tests {
                 ),
                 "{bad}"
             );
+        }
+        // Not UTF-8: the same error as the map decoder's, in a string or outside one.
+        for bad in [
+            &b"{\"a\": \"\xff\"}"[..],
+            b"{\"a\": 1, \xfe}",
+            b"{\"\xc3\": 1}",
+        ] {
+            let refused = decode(bad, 1024).unwrap_err();
+            assert!(matches!(refused, PayloadError::Json(_)), "{refused:?}");
+            assert_eq!(Err(refused), payload::decode_map(bad, 1024).map(|_| ()));
         }
         let ok = format!("{{\"a\":{}1{}}}", "[".repeat(15), "]".repeat(15));
         assert!(decode(ok.as_bytes(), 1024).is_ok());
