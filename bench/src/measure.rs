@@ -203,6 +203,9 @@ pub async fn trial(
 pub struct Search {
     pub best: Option<Trial>,
     pub tried: Vec<(f64, bool)>,
+    /// Not a search: one trial at a fixed rate (`--fixed-rate`, the smoke run), kept in `best`
+    /// whether or not it was sustained. The report then shows what that trial did, not a maximum.
+    pub one_trial: bool,
 }
 
 /// One rate, decided: a trial that is not sustained is run once more, and the rate fails only if

@@ -334,6 +334,7 @@ pub async fn run(
                 Search {
                     tried: vec![(fan.rate, ok)],
                     best: Some(t),
+                    one_trial: true,
                 }
             };
             found[i].push(s);

@@ -150,4 +150,15 @@ async fn every_message_is_delivered_and_every_command_answered() {
     for id in ["| a |", "| b1 |", "| b2 |", "| b3 |", "| c |", "| e |"] {
         assert!(table.contains(id), "report has {id}:\n{table}");
     }
+    // One trial per fan-out is not a max-rate search: the report must not claim a maximum or
+    // judge a target by it, whether or not the trial was sustained.
+    assert!(
+        !table.contains("max sustained"),
+        "smoke report claims a maximum:\n{table}"
+    );
+    assert_eq!(
+        table.matches("(fixed rate, not a search)").count(),
+        3,
+        "b1, b2 and b3 each report their one trial:\n{table}"
+    );
 }
