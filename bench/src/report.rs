@@ -195,15 +195,29 @@ fn fan_out_rows(
 ) {
     let (b, p) = (&pair.bridge, pair.peer.as_ref());
     let clients = b.best.as_ref().map_or(0, |t| t.clients);
-    let (measure, bv, pv, target, met) = match id {
-        "b1" => (
+    // One trial at a fixed rate is not a maximum: say what it did, and judge no target by it.
+    let one_trial = b.one_trial || p.is_some_and(|p| p.one_trial);
+    let (measure, bv, pv, target, met) = match (id, &b.best) {
+        (_, Some(t)) if one_trial => (
+            format!(
+                "{} in one trial at {:.0} msg/s ({}), {clients} clients",
+                if id == "b1" { "msg/s" } else { "deliveries/s" },
+                t.rate,
+                t.verdict()
+            ),
+            best_deliveries(b),
+            p.map(best_deliveries),
+            "(fixed rate, not a search)",
+            None,
+        ),
+        ("b1", _) => (
             "max sustained msg/s to 1 client (peer: plain MQTT/TLS subscriber)".to_string(),
             best_rate(b),
             p.map(best_rate),
             ">= 0.9x plain subscriber",
             p.map(|p| best_rate(b) >= 0.9 * best_rate(p)),
         ),
-        "b2" => (
+        ("b2", _) => (
             format!("max sustained deliveries/s, {clients} clients"),
             best_deliveries(b),
             p.map(best_deliveries),
@@ -220,23 +234,6 @@ fn fan_out_rows(
                     && b2_bridge.is_none_or(|b2| best_deliveries(b) >= 0.75 * b2)
             }),
         ),
-    };
-    // One trial at a fixed rate is not a maximum: say what it did, and judge no target by it.
-    let one_trial = b.one_trial || p.is_some_and(|p| p.one_trial);
-    let (measure, bv, pv, target, met) = match &b.best {
-        Some(t) if one_trial => (
-            format!(
-                "{} in one trial at {:.0} msg/s ({}), {clients} clients",
-                if id == "b1" { "msg/s" } else { "deliveries/s" },
-                t.rate,
-                t.verdict()
-            ),
-            best_deliveries(b),
-            p.map(best_deliveries),
-            "(fixed rate, not a search)",
-            None,
-        ),
-        _ => (measure, bv, pv, target, met),
     };
     rows.push(Row {
         id,

@@ -161,4 +161,13 @@ async fn every_message_is_delivered_and_every_command_answered() {
         3,
         "b1, b2 and b3 each report their one trial:\n{table}"
     );
+    for row in table
+        .lines()
+        .filter(|l| l.contains("(fixed rate, not a search)"))
+    {
+        assert!(
+            row.ends_with("|  |"),
+            "a one-trial row judges no target: {row}"
+        );
+    }
 }
