@@ -113,6 +113,9 @@ pub struct Limits {
     pub session_queue: usize,
     /// ...or bytes, whichever comes first.
     pub session_queue_bytes: usize,
+    /// While the bridge is busy, a session writes telemetry to its client at most once per
+    /// this interval (fewer, larger writes); 0 writes as often as it can.
+    pub busy_write_interval_ms: u64,
     /// Commands per second one identity may send (across its connections), on average...
     pub command_rate: f64,
     /// ...and in a burst.
@@ -189,6 +192,7 @@ impl Default for Limits {
             idle_timeout_secs: 75,
             session_queue: 8192,
             session_queue_bytes: 4 * 1024 * 1024,
+            busy_write_interval_ms: 20,
             command_rate: 10.0,
             command_burst: 20,
         }
@@ -359,6 +363,9 @@ impl Config {
         if l.session_queue_bytes < 64 * 1024 {
             return bad("limits.session_queue_bytes must be at least 65536".into());
         }
+        if l.busy_write_interval_ms > 1000 {
+            return bad("limits.busy_write_interval_ms must be at most 1000".into());
+        }
         if l.max_subscriptions == 0 {
             return bad("limits.max_subscriptions must be at least 1".into());
         }
@@ -526,6 +533,10 @@ mod tests {
             (
                 "ping_interval",
                 Box::new(|c| c.limits.idle_timeout_secs = 1),
+            ),
+            (
+                "busy_write_interval_ms",
+                Box::new(|c| c.limits.busy_write_interval_ms = 5000),
             ),
             (
                 "reconnect_min_ms",

@@ -129,8 +129,34 @@ struct Inner {
     attention: bool,
     /// The keepalive wheel asked the session to ping its client.
     ping: bool,
+    /// When a push last woke the waiting session: how long it then took to run says how busy
+    /// the bridge is (see [`Outbox::poll_ready`]).
+    woken_at: Option<Instant>,
+    /// While set, queued frames make the session ready only once they reach this many frames
+    /// or bytes, or a frame other than telemetry is queued (see [`Outbox::hold`]).
+    hold: Option<Hold>,
+    /// A frame that must not wait (a reply, a status, a notice) is queued.
+    urgent: bool,
     /// Per-device rate limits asked for with `max_rate_hz`: newest value wins while held.
     throttle: HashMap<Arc<str>, Throttle>,
+}
+
+/// Thresholds of [`Outbox::hold`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+impl Inner {
+    /// Whether the queued frames are for the session to write now.
+    fn has_work(&self) -> bool {
+        !self.queue.is_empty()
+            && match self.hold {
+                None => true,
+                Some(h) => self.urgent || self.queue.len() >= h.frames || self.bytes >= h.bytes,
+            }
+    }
 }
 
 #[derive(Debug)]
@@ -143,6 +169,9 @@ struct Throttle {
 /// Wakes the session if it is waiting, once the lock is let go.
 fn wake_session(mut inner: MutexGuard<'_, Inner>) {
     let waker = inner.waker.take();
+    if waker.is_some() {
+        inner.woken_at = Some(Instant::now());
+    }
     drop(inner);
     if let Some(waker) = waker {
         waker.wake();
@@ -191,10 +220,14 @@ impl Outbox {
                 }
             }
         }
+        inner.urgent |= frame.conflate_key().is_none();
         inner.bytes += frame.len();
         inner.queue.push_back(frame);
-        // Only the first frame finds the session waiting: it drains everything queued behind it.
-        wake_session(inner);
+        // Only the first frame (or, while held, the one that makes the queue worth a write)
+        // finds the session waiting: it drains everything queued behind it.
+        if inner.has_work() {
+            wake_session(inner);
+        }
     }
 
     /// Queues telemetry at most once per `interval` per device; in between, the newest frame is
@@ -277,6 +310,8 @@ impl Outbox {
             out.push(frame);
         }
         inner.bytes -= taken;
+        // The session is at work: a wake-up it did not need to poll for tells nothing.
+        inner.woken_at = None;
         // Hysteresis: a client is only back in good standing once it has worked its queue
         // down to half, not after every batch that dips below the limit.
         if inner.queue.len() <= self.capacity / 2 && inner.bytes <= self.max_bytes / 2 {
@@ -286,11 +321,23 @@ impl Outbox {
             conflated: std::mem::take(&mut inner.conflated),
             over_since: inner.over_since,
         };
-        if inner.queue.is_empty() && inner.queue.capacity() > KEEP_QUEUE_CAPACITY {
-            // A burst is over: an idle session does not keep room for the next one.
-            inner.queue = VecDeque::new();
+        if inner.queue.is_empty() {
+            inner.urgent = false;
+            if inner.queue.capacity() > KEEP_QUEUE_CAPACITY {
+                // A burst is over: an idle session does not keep room for the next one.
+                inner.queue = VecDeque::new();
+            }
         }
         info
+    }
+
+    /// Holds queued telemetry back until it reaches `hold`'s frames or bytes, or until
+    /// `hold(None)`: the session's write pacing under load (`session::Pacer`). Frames of other
+    /// kinds are never held. Returns whether what is queued is already worth writing.
+    pub fn hold(&self, hold: Option<Hold>) -> bool {
+        let mut inner = self.lock();
+        inner.hold = hold;
+        inner.has_work()
     }
 
     /// Wakes the session once to look at its state (see [`Outbox::poll_ready`]).
@@ -312,12 +359,15 @@ impl Outbox {
         std::mem::take(&mut self.lock().ping)
     }
 
-    /// Ready while frames are queued or a ping is due, and once after each [`Outbox::nudge`].
+    /// Ready while frames are queued (and not held, see [`Outbox::hold`]) or a ping is due,
+    /// and once after each [`Outbox::nudge`]. When this readiness follows a wake-up, it carries
+    /// the time from the wake-up to this poll: the task's wait for a turn on the runtime.
     /// Polling it costs one uncontended lock: the session polls it on every turn of its loop.
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Option<Duration>> {
         let mut inner = self.lock();
-        if !inner.queue.is_empty() || inner.ping || std::mem::take(&mut inner.attention) {
-            return Poll::Ready(());
+        if inner.has_work() || inner.ping || std::mem::take(&mut inner.attention) {
+            let waited = inner.woken_at.take().map(|t| t.elapsed());
+            return Poll::Ready(waited);
         }
         match &inner.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -327,7 +377,7 @@ impl Outbox {
     }
 
     /// Resolves when [`Outbox::poll_ready`] is ready.
-    pub fn ready(&self) -> impl std::future::Future<Output = ()> + '_ {
+    pub fn ready(&self) -> impl std::future::Future<Output = Option<Duration>> + '_ {
         poll_fn(|cx| self.poll_ready(cx))
     }
 
@@ -423,6 +473,70 @@ mod tests {
         assert_eq!(count(), 2, "an emptied queue wakes again");
         ob.push(text("4"));
         assert_eq!(count(), 2, "the session was woken already");
+    }
+
+    #[test]
+    fn held_telemetry_wakes_the_writer_only_when_worth_a_write() {
+        let ob = Outbox::new(100, usize::MAX);
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let count = || wakes.0.load(std::sync::atomic::Ordering::SeqCst);
+        let hold = Hold {
+            frames: 3,
+            bytes: usize::MAX,
+        };
+        assert!(!ob.hold(Some(hold)), "nothing queued");
+        assert!(ob.poll_ready(&mut cx).is_pending());
+        ob.push(tele("a", 1));
+        ob.push(tele("b", 1));
+        assert_eq!(count(), 0, "two held frames are not a write yet");
+        assert!(ob.poll_ready(&mut cx).is_pending(), "held, not ready");
+        ob.push(tele("a", 2));
+        assert_eq!(count(), 1, "the third makes a batch");
+        assert!(
+            matches!(ob.poll_ready(&mut cx), Poll::Ready(Some(_))),
+            "ready, with the wait since the wake-up"
+        );
+        assert!(ob.hold(Some(hold)), "worth a write");
+        let mut out = Vec::new();
+        ob.drain(&mut out, 100, usize::MAX);
+        assert_eq!(texts(&out), ["a:1", "b:1", "a:2"]);
+
+        // Anything but telemetry goes at once, and takes the held telemetry with it.
+        assert!(ob.poll_ready(&mut cx).is_pending());
+        ob.push(tele("a", 3));
+        assert_eq!(count(), 1);
+        ob.push(text("reply"));
+        assert_eq!(count(), 2, "a reply does not wait");
+        out.clear();
+        ob.drain(&mut out, 100, usize::MAX);
+        assert_eq!(texts(&out), ["a:3", "reply"]);
+
+        // Draining clears the urgency; ending the hold releases what waits.
+        assert!(ob.poll_ready(&mut cx).is_pending());
+        ob.push(tele("b", 2));
+        assert_eq!(count(), 2, "held again");
+        assert!(ob.poll_ready(&mut cx).is_pending());
+        assert!(ob.hold(None), "released");
+        assert!(
+            matches!(ob.poll_ready(&mut cx), Poll::Ready(None)),
+            "ready without a wake-up"
+        );
+    }
+
+    #[test]
+    fn held_telemetry_is_worth_a_write_at_the_byte_threshold_too() {
+        let ob = Outbox::new(100, usize::MAX);
+        let hold = Hold {
+            frames: 100,
+            bytes: 2 * tele("a", 1).len(),
+        };
+        ob.hold(Some(hold));
+        ob.push(tele("a", 1));
+        assert!(!ob.hold(Some(hold)));
+        ob.push(tele("a", 2));
+        assert!(ob.hold(Some(hold)));
     }
 
     #[tokio::test(start_paused = true)]

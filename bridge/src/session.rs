@@ -16,7 +16,7 @@ use crate::commands::{CommandError, CommandRequest};
 use crate::gate::Gated;
 use crate::history::Query;
 use crate::hub::{ReadScope, SessionId, SubOptions, SubscribeRequest};
-use crate::outbox::{Frame, Outbox};
+use crate::outbox::{Frame, Hold, Outbox};
 use crate::protocol::{self, ClientMsg, ErrorCode, LimitsView, Permissions, ServerMsg, Wire};
 use crate::server::Peer;
 use crate::Shared;
@@ -25,6 +25,14 @@ use crate::Shared;
 const WRITE_BATCH: usize = 256;
 /// Bytes written per flush: tungstenite buffers a whole batch, so this bounds that buffer.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// A session that waits longer than this for its turn after a wake-up finds the bridge busy...
+const BUSY_WAIT: Duration = Duration::from_millis(1);
+/// ...and, once pacing, one that waits less than this finds it no longer busy.
+const QUICK_WAIT: Duration = Duration::from_micros(250);
+/// Busy wake-ups (net of quick ones) after which a session paces its writes: one stall of the
+/// host is not load. It stops when quick ones have brought the count back to zero.
+const BUSY_SCORE: u8 = 4;
+const BUSY_SCORE_MAX: u8 = 8;
 /// A client whose queue stays over capacity this long is closed.
 const SLOW_CLIENT_LIMIT: Duration = Duration::from_secs(10);
 /// Close code for a client that cannot keep up (private range, documented in docs/protocol.md).
@@ -96,6 +104,15 @@ impl Session {
         let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
         self.shared.keepalive.add(&outbox);
         let mut last_heard = Instant::now();
+        let mut pacer = Pacer::new(Duration::from_millis(limits.busy_write_interval_ms));
+        let hold = Hold {
+            frames: WRITE_BATCH.min(limits.session_queue / 2),
+            bytes: WRITE_BATCH_BYTES.min(limits.session_queue_bytes / 2),
+        };
+        // When telemetry held back by the pacer is to be written.
+        let flush = sleep_until(Instant::now());
+        let mut flush_at: Option<Instant> = None;
+        tokio::pin!(flush);
         // When the earliest frame held back by a subscription's `max_rate_hz` is due.
         let throttle = sleep_until(Instant::now());
         let mut armed: Option<Instant> = None;
@@ -131,7 +148,20 @@ impl Session {
                         }
                     }
                 },
-                _ = outbox.ready() => {
+                waited = outbox.ready() => {
+                    pacer.observe(waited);
+                    if flush_at.is_none() {
+                        if let Some(at) = pacer.hold_until(Instant::now()) {
+                            if outbox.hold(Some(hold)) {
+                                // Something urgent is queued: everything goes now.
+                                outbox.hold(None);
+                            } else {
+                                flush.as_mut().reset(at);
+                                flush_at = Some(at);
+                                continue;
+                            }
+                        }
+                    }
                     if outbox.take_ping() {
                         if last_heard.elapsed() > idle_timeout {
                             break End::Close(close_code::AWAY, "idle timeout: no pong received", "idle");
@@ -141,9 +171,13 @@ impl Session {
                             break End::PeerGone;
                         }
                     }
-                    match self.write_queued(ws.get_mut(), idle_timeout).await {
-                        Ok(()) => {}
-                        Err(end) => break end,
+                    if let Err(end) = self.paced_write(&mut ws, &mut pacer, &mut flush_at).await {
+                        break end;
+                    }
+                }
+                _ = &mut flush, if flush_at.is_some() => {
+                    if let Err(end) = self.paced_write(&mut ws, &mut pacer, &mut flush_at).await {
+                        break end;
                     }
                 }
                 _ = &mut throttle, if armed.is_some() => {
@@ -196,6 +230,21 @@ impl Session {
                 End::PeerGone
             }
         }
+    }
+
+    /// Writes what is queued and ends any hold (see [`Pacer`]).
+    async fn paced_write(
+        &self,
+        ws: &mut Gated<WebSocket>,
+        pacer: &mut Pacer,
+        flush_at: &mut Option<Instant>,
+    ) -> Result<(), End> {
+        if flush_at.take().is_some() {
+            self.outbox.hold(None);
+        }
+        pacer.wrote(Instant::now());
+        let idle_timeout = Duration::from_secs(self.shared.config.limits.idle_timeout_secs);
+        self.write_queued(ws.get_mut(), idle_timeout).await
     }
 
     /// Writes queued frames in batches with one flush each. A client that cannot take a batch
@@ -486,6 +535,66 @@ enum Frame_<'a> {
     Binary(&'a [u8]),
 }
 
+/// Paces a session's writes while the bridge is busy.
+///
+/// Every write to a client costs the kernel several microseconds whatever it carries (on
+/// loopback, more than encrypting and framing a batch of telemetry), so a bridge with a thousand
+/// clients that writes each message as soon as it can spends its CPU on writes, falls behind,
+/// and its latency grows. When a session keeps waiting over [`BUSY_WAIT`] for its turn after a
+/// wake-up (a thousand sessions woken by one message wait that long too), it writes telemetry
+/// at most once per interval instead (replies and notices still go out at once, and a full
+/// batch does not wait): fewer, larger writes, which lets the busy bridge catch up. A bridge
+/// with CPU to spare writes at once; one stall of the host changes nothing.
+#[derive(Debug)]
+struct Pacer {
+    interval: Duration,
+    /// Busy wake-ups minus quick ones, within `0..=BUSY_SCORE_MAX`.
+    score: u8,
+    /// Whether writes are paced: from `BUSY_SCORE` up, until the score is back to zero.
+    paced: bool,
+    last_write: Option<Instant>,
+}
+
+impl Pacer {
+    fn new(interval: Duration) -> Pacer {
+        Pacer {
+            interval,
+            score: 0,
+            paced: false,
+            last_write: None,
+        }
+    }
+
+    /// Takes note of how long the session waited for its turn after a wake-up.
+    fn observe(&mut self, waited: Option<Duration>) {
+        let Some(w) = waited else { return };
+        if w > BUSY_WAIT {
+            self.score = (self.score + 1).min(BUSY_SCORE_MAX);
+            if self.score >= BUSY_SCORE {
+                self.paced = true;
+            }
+        } else if !self.paced || w < QUICK_WAIT {
+            self.score = self.score.saturating_sub(1);
+            if self.score == 0 {
+                self.paced = false;
+            }
+        }
+    }
+
+    /// When a write due now should happen instead, if it should wait.
+    fn hold_until(&self, now: Instant) -> Option<Instant> {
+        if self.interval.is_zero() || !self.paced {
+            return None;
+        }
+        let at = self.last_write? + self.interval;
+        (at > now).then_some(at)
+    }
+
+    fn wrote(&mut self, now: Instant) {
+        self.last_write = Some(now);
+    }
+}
+
 /// Checks `max_rate_hz` and `fields` of a subscribe.
 fn subscription_options(
     max_rate_hz: Option<f64>,
@@ -530,5 +639,70 @@ mod tests {
         assert!(subscription_options(None, Some(vec![])).is_err());
         assert!(subscription_options(None, Some(vec![String::new()])).is_err());
         assert!(subscription_options(None, Some(vec!["x".repeat(65)])).is_err());
+    }
+
+    const BUSY: Option<Duration> = Some(Duration::from_millis(3));
+    const QUICK: Option<Duration> = Some(Duration::from_micros(20));
+    const MIDDLING: Option<Duration> = Some(Duration::from_micros(600));
+
+    #[test]
+    fn pacing_starts_only_under_sustained_load_and_ends_when_it_is_gone() {
+        let every = Duration::from_millis(20);
+        let mut p = Pacer::new(every);
+        let t0 = Instant::now();
+        p.wrote(t0);
+        let soon = t0 + Duration::from_millis(5);
+        assert_eq!(p.hold_until(soon), None, "idle: writes at once");
+
+        // Stalls of the host between quick turns are not load.
+        for _ in 0..10 {
+            p.observe(BUSY);
+            p.observe(QUICK);
+            p.observe(QUICK);
+        }
+        assert_eq!(p.hold_until(soon), None, "one stall now and then");
+
+        for _ in 0..BUSY_SCORE {
+            p.observe(BUSY);
+        }
+        assert_eq!(
+            p.hold_until(soon),
+            Some(t0 + every),
+            "busy: waits for the interval"
+        );
+        assert_eq!(p.hold_until(t0 + every), None, "the interval is over");
+        p.observe(None);
+        assert_eq!(p.hold_until(soon), Some(t0 + every), "no wake-up, no news");
+
+        // Waits that would not start pacing do not end it either (hysteresis)...
+        for _ in 0..20 {
+            p.observe(MIDDLING);
+        }
+        assert!(p.hold_until(soon).is_some());
+        // ...quick ones do.
+        for _ in 0..BUSY_SCORE_MAX {
+            p.observe(QUICK);
+        }
+        assert_eq!(p.hold_until(soon), None, "load gone: writes at once again");
+    }
+
+    #[test]
+    fn a_zero_interval_never_paces() {
+        let mut p = Pacer::new(Duration::ZERO);
+        let t0 = Instant::now();
+        p.wrote(t0);
+        for _ in 0..20 {
+            p.observe(BUSY);
+        }
+        assert_eq!(p.hold_until(t0), None);
+    }
+
+    #[test]
+    fn the_first_write_never_waits() {
+        let mut p = Pacer::new(Duration::from_millis(20));
+        for _ in 0..20 {
+            p.observe(BUSY);
+        }
+        assert_eq!(p.hold_until(Instant::now()), None);
     }
 }
