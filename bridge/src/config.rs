@@ -192,7 +192,7 @@ impl Default for Limits {
             idle_timeout_secs: 75,
             session_queue: 8192,
             session_queue_bytes: 4 * 1024 * 1024,
-            busy_write_interval_ms: 20,
+            busy_write_interval_ms: 40,
             command_rate: 10.0,
             command_burst: 20,
         }
