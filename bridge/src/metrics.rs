@@ -75,6 +75,7 @@ pub struct Metrics {
     pub bad_payloads: Counter,
     pub queue_depth: Histogram,
     pub conflated: Counter,
+    pub paced_sessions: Gauge,
     commands: Vec<Histogram>,
     pub rate_limited: Counter,
     pub broker_up: Gauge,
@@ -166,6 +167,12 @@ impl Metrics {
             "telemetry_conflated",
             "Telemetry replaced by a newer value for a slow or rate-limited client",
             conflated.clone(),
+        );
+        let paced_sessions = Gauge::default();
+        registry.register(
+            "sessions_paced",
+            "Sessions writing telemetry at most once per limits.busy_write_interval_ms because the bridge is busy",
+            paced_sessions.clone(),
         );
 
         let commands = Family::<OutcomeLabel, Histogram>::new_with_constructor(|| {
@@ -264,6 +271,7 @@ impl Metrics {
             bad_payloads,
             queue_depth,
             conflated,
+            paced_sessions,
             commands,
             rate_limited,
             broker_up,

@@ -150,7 +150,10 @@ impl Session {
                     }
                 },
                 waited = outbox.ready() => {
-                    pacer.observe(waited);
+                    if pacer.observe(waited) {
+                        let paced = &self.shared.metrics.paced_sessions;
+                        if pacer.paced { paced.inc(); } else { paced.dec(); }
+                    }
                     if flush_at.is_none() {
                         if let Some(at) = pacer.hold_until(Instant::now()) {
                             if outbox.hold(Some(hold)) {
@@ -187,6 +190,9 @@ impl Session {
                 }
             }
         };
+        if pacer.paced {
+            self.shared.metrics.paced_sessions.dec();
+        }
         let ws = ws.get_mut();
         if let End::Close(code, reason, label) = end {
             self.shared.metrics.closed(label);
@@ -566,9 +572,11 @@ impl Pacer {
         }
     }
 
-    /// Takes note of how long the session waited for its turn after a wake-up.
-    fn observe(&mut self, waited: Option<Duration>) {
-        let Some(w) = waited else { return };
+    /// Takes note of how long the session waited for its turn after a wake-up. Returns
+    /// whether that started or stopped pacing.
+    fn observe(&mut self, waited: Option<Duration>) -> bool {
+        let was = self.paced;
+        let Some(w) = waited else { return false };
         if w > BUSY_WAIT {
             self.score = (self.score + 1).min(BUSY_SCORE_MAX);
             if self.score >= BUSY_SCORE {
@@ -580,6 +588,7 @@ impl Pacer {
                 self.paced = false;
             }
         }
+        self.paced != was
     }
 
     /// When a write due now should happen instead, if it should wait.
@@ -666,9 +675,8 @@ mod tests {
         }
         assert_eq!(p.hold_until(soon), None, "stalls now and then");
 
-        for _ in 0..BUSY_SCORE {
-            p.observe(BUSY);
-        }
+        let starts = (0..BUSY_SCORE).filter(|_| p.observe(BUSY)).count();
+        assert_eq!(starts, 1, "pacing starts once");
         assert_eq!(
             p.hold_until(soon),
             Some(t0 + every),
@@ -684,9 +692,8 @@ mod tests {
         }
         assert!(p.hold_until(soon).is_some());
         // ...quick ones do.
-        for _ in 0..BUSY_SCORE_MAX {
-            p.observe(QUICK);
-        }
+        let stops = (0..BUSY_SCORE_MAX).filter(|_| p.observe(QUICK)).count();
+        assert_eq!(stops, 1, "and stops once");
         assert_eq!(p.hold_until(soon), None, "load gone: writes at once again");
     }
 
