@@ -576,7 +576,9 @@ impl Pacer {
     /// whether that started or stopped pacing.
     fn observe(&mut self, waited: Option<Duration>) -> bool {
         let was = self.paced;
-        let Some(w) = waited else { return false };
+        let Some(w) = waited.filter(|_| !self.interval.is_zero()) else {
+            return false;
+        };
         if w > BUSY_WAIT {
             self.score = (self.score + 1).min(BUSY_SCORE_MAX);
             if self.score >= BUSY_SCORE {
@@ -703,7 +705,7 @@ mod tests {
         let t0 = Instant::now();
         p.wrote(t0);
         for _ in 0..20 {
-            p.observe(BUSY);
+            assert!(!p.observe(BUSY), "and never counts as paced");
         }
         assert_eq!(p.hold_until(t0), None);
     }
