@@ -129,6 +129,8 @@ struct Inner {
     attention: bool,
     /// The keepalive wheel asked the session to ping its client.
     ping: bool,
+    /// Whether wake-ups are timed ([`Outbox::timed`]): only a pacing session asks.
+    time_wakes: bool,
     /// When a push last woke the waiting session: how long it then took to run says how busy
     /// the bridge is (see [`Outbox::poll_ready`]).
     woken_at: Option<Instant>,
@@ -169,7 +171,7 @@ struct Throttle {
 /// Wakes the session if it is waiting, once the lock is let go.
 fn wake_session(mut inner: MutexGuard<'_, Inner>) {
     let waker = inner.waker.take();
-    if waker.is_some() {
+    if waker.is_some() && inner.time_wakes {
         inner.woken_at = Some(Instant::now());
     }
     drop(inner);
@@ -183,6 +185,19 @@ impl Outbox {
     pub fn new(capacity: usize, max_bytes: usize) -> Arc<Outbox> {
         Arc::new(Outbox {
             inner: Mutex::new(Inner::default()),
+            capacity,
+            max_bytes,
+        })
+    }
+
+    /// Like [`Outbox::new`], and [`Outbox::poll_ready`] reports how long the session waited
+    /// for its turn after each wake-up (two clock reads per wake-up, for the write pacing).
+    pub fn timed(capacity: usize, max_bytes: usize) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            inner: Mutex::new(Inner {
+                time_wakes: true,
+                ..Inner::default()
+            }),
             capacity,
             max_bytes,
         })
@@ -360,8 +375,9 @@ impl Outbox {
     }
 
     /// Ready while frames are queued (and not held, see [`Outbox::hold`]) or a ping is due,
-    /// and once after each [`Outbox::nudge`]. When this readiness follows a wake-up, it carries
-    /// the time from the wake-up to this poll: the task's wait for a turn on the runtime.
+    /// and once after each [`Outbox::nudge`]. When this readiness follows a wake-up of a
+    /// [`Outbox::timed`] outbox, it carries the time from the wake-up to this poll: the task's
+    /// wait for a turn on the runtime.
     /// Polling it costs one uncontended lock: the session polls it on every turn of its loop.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Option<Duration>> {
         let mut inner = self.lock();
@@ -458,7 +474,11 @@ mod tests {
         ob.push(text("1"));
         ob.push(text("2"));
         assert_eq!(count(), 1, "one wake for both frames");
-        assert!(ob.poll_ready(&mut cx).is_ready());
+        assert_eq!(
+            ob.poll_ready(&mut cx),
+            Poll::Ready(None),
+            "an outbox that is not timed does not time its wake-ups"
+        );
         assert!(ob.poll_ready(&mut cx).is_ready(), "ready while frames wait");
         let mut out = Vec::new();
         ob.drain(&mut out, 100, usize::MAX);
@@ -477,7 +497,7 @@ mod tests {
 
     #[test]
     fn held_telemetry_wakes_the_writer_only_when_worth_a_write() {
-        let ob = Outbox::new(100, usize::MAX);
+        let ob = Outbox::timed(100, usize::MAX);
         let wakes = Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);

@@ -43,7 +43,11 @@ pub async fn run(socket: WebSocket, wire: Wire, peer: Peer, shared: Arc<Shared>)
     // Keeps shutdown waiting for this session; axum spawned the task, not our tracker.
     let _tracked = shared.tracker.token();
     let limits = &shared.config.limits;
-    let outbox = Outbox::new(limits.session_queue, limits.session_queue_bytes);
+    let outbox = if limits.busy_write_interval_ms > 0 {
+        Outbox::timed(limits.session_queue, limits.session_queue_bytes)
+    } else {
+        Outbox::new(limits.session_queue, limits.session_queue_bytes)
+    };
     // Read before the grants: a reload in between shows as a newer version, and is applied.
     let acl_version = shared.acl_version();
     let grants = shared.acl().grants(&peer.identity);
