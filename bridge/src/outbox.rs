@@ -347,11 +347,23 @@ impl Outbox {
     }
 
     /// Holds queued telemetry back until it reaches `hold`'s frames or bytes, or until
-    /// `hold(None)`: the session's write pacing under load (`session::Pacer`). Frames of other
-    /// kinds are never held. Returns whether what is queued is already worth writing.
-    pub fn hold(&self, hold: Option<Hold>) -> bool {
+    /// [`Outbox::release`]: the session's write pacing under load (`session::Pacer`). Frames of
+    /// other kinds are never held. Returns whether it holds: when what is queued is already
+    /// worth a write, it does not.
+    pub fn hold(&self, hold: Hold) -> bool {
         let mut inner = self.lock();
-        inner.hold = hold;
+        inner.hold = Some(hold);
+        if inner.has_work() {
+            inner.hold = None;
+            return false;
+        }
+        true
+    }
+
+    /// Ends a hold. Returns whether frames are queued.
+    pub fn release(&self) -> bool {
+        let mut inner = self.lock();
+        inner.hold = None;
         inner.has_work()
     }
 
@@ -506,7 +518,7 @@ mod tests {
             frames: 3,
             bytes: usize::MAX,
         };
-        assert!(!ob.hold(Some(hold)), "nothing queued");
+        assert!(ob.hold(hold), "nothing queued: held");
         assert!(ob.poll_ready(&mut cx).is_pending());
         ob.push(tele("a", 1));
         ob.push(tele("b", 1));
@@ -518,10 +530,11 @@ mod tests {
             matches!(ob.poll_ready(&mut cx), Poll::Ready(Some(_))),
             "ready, with the wait since the wake-up"
         );
-        assert!(ob.hold(Some(hold)), "worth a write");
+        assert!(!ob.hold(hold), "worth a write: not held");
         let mut out = Vec::new();
         ob.drain(&mut out, 100, usize::MAX);
         assert_eq!(texts(&out), ["a:1", "b:1", "a:2"]);
+        assert!(ob.hold(hold), "emptied: held again");
 
         // Anything but telemetry goes at once, and takes the held telemetry with it.
         assert!(ob.poll_ready(&mut cx).is_pending());
@@ -538,7 +551,7 @@ mod tests {
         ob.push(tele("b", 2));
         assert_eq!(count(), 2, "held again");
         assert!(ob.poll_ready(&mut cx).is_pending());
-        assert!(ob.hold(None), "released");
+        assert!(ob.release(), "released");
         assert!(
             matches!(ob.poll_ready(&mut cx), Poll::Ready(None)),
             "ready without a wake-up"
@@ -552,11 +565,11 @@ mod tests {
             frames: 100,
             bytes: 2 * tele("a", 1).len(),
         };
-        ob.hold(Some(hold));
+        assert!(ob.hold(hold));
         ob.push(tele("a", 1));
-        assert!(!ob.hold(Some(hold)));
+        assert!(ob.hold(hold), "one frame's bytes: held");
         ob.push(tele("a", 2));
-        assert!(ob.hold(Some(hold)));
+        assert!(!ob.hold(hold), "two frames' bytes: worth a write");
     }
 
     #[tokio::test(start_paused = true)]

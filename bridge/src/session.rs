@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
@@ -109,7 +110,10 @@ impl Session {
         let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
         self.shared.keepalive.add(&outbox);
         let mut last_heard = Instant::now();
-        let mut pacer = Pacer::new(Duration::from_millis(limits.busy_write_interval_ms));
+        let mut pacer = Pacer::new(
+            Duration::from_millis(limits.busy_write_interval_ms),
+            self.shared.metrics.paced_sessions.clone(),
+        );
         let hold = Hold {
             frames: WRITE_BATCH.min(limits.session_queue / 2),
             bytes: WRITE_BATCH_BYTES.min(limits.session_queue_bytes / 2),
@@ -154,20 +158,13 @@ impl Session {
                     }
                 },
                 waited = outbox.ready() => {
-                    if pacer.observe(waited) {
-                        let paced = &self.shared.metrics.paced_sessions;
-                        if pacer.paced { paced.inc(); } else { paced.dec(); }
-                    }
-                    if flush_at.is_none() {
-                        if let Some(at) = pacer.hold_until(Instant::now()) {
-                            if outbox.hold(Some(hold)) {
-                                // Something urgent is queued: everything goes now.
-                                outbox.hold(None);
-                            } else {
-                                flush.as_mut().reset(at);
-                                flush_at = Some(at);
-                                continue;
-                            }
+                    pacer.observe(waited);
+                    // Unless something urgent is queued or a batch is full: then all goes now.
+                    if let Some(at) = pacer.hold_until(Instant::now()) {
+                        if flush_at.is_none() && outbox.hold(hold) {
+                            flush.as_mut().reset(at);
+                            flush_at = Some(at);
+                            continue;
                         }
                     }
                     if outbox.take_ping() {
@@ -179,12 +176,12 @@ impl Session {
                             break End::PeerGone;
                         }
                     }
-                    if let Err(end) = self.paced_write(&mut ws, &mut pacer, &mut flush_at).await {
+                    if let Err(end) = self.paced_write(&mut ws, &mut pacer, &mut flush_at, idle_timeout).await {
                         break end;
                     }
                 }
                 _ = &mut flush, if flush_at.is_some() => {
-                    if let Err(end) = self.paced_write(&mut ws, &mut pacer, &mut flush_at).await {
+                    if let Err(end) = self.paced_write(&mut ws, &mut pacer, &mut flush_at, idle_timeout).await {
                         break end;
                     }
                 }
@@ -194,9 +191,6 @@ impl Session {
                 }
             }
         };
-        if pacer.paced {
-            self.shared.metrics.paced_sessions.dec();
-        }
         let ws = ws.get_mut();
         if let End::Close(code, reason, label) = end {
             self.shared.metrics.closed(label);
@@ -249,13 +243,13 @@ impl Session {
         ws: &mut Gated<WebSocket>,
         pacer: &mut Pacer,
         flush_at: &mut Option<Instant>,
+        deadline: Duration,
     ) -> Result<(), End> {
         if flush_at.take().is_some() {
-            self.outbox.hold(None);
+            self.outbox.release();
         }
         pacer.wrote(Instant::now());
-        let idle_timeout = Duration::from_secs(self.shared.config.limits.idle_timeout_secs);
-        self.write_queued(ws.get_mut(), idle_timeout).await
+        self.write_queued(ws.get_mut(), deadline).await
     }
 
     /// Writes queued frames in batches with one flush each. A client that cannot take a batch
@@ -564,24 +558,26 @@ struct Pacer {
     /// Whether writes are paced: from `BUSY_SCORE` up, until the score is back to zero.
     paced: bool,
     last_write: Option<Instant>,
+    /// Sessions pacing now (`iotbridge_sessions_paced`): this one counts while `paced`.
+    gauge: Gauge,
 }
 
 impl Pacer {
-    fn new(interval: Duration) -> Pacer {
+    fn new(interval: Duration, gauge: Gauge) -> Pacer {
         Pacer {
             interval,
             score: 0,
             paced: false,
             last_write: None,
+            gauge,
         }
     }
 
-    /// Takes note of how long the session waited for its turn after a wake-up. Returns
-    /// whether that started or stopped pacing.
-    fn observe(&mut self, waited: Option<Duration>) -> bool {
+    /// Takes note of how long the session waited for its turn after a wake-up.
+    fn observe(&mut self, waited: Option<Duration>) {
         let was = self.paced;
         let Some(w) = waited.filter(|_| !self.interval.is_zero()) else {
-            return false;
+            return;
         };
         if w > BUSY_WAIT {
             self.score = (self.score + 1).min(BUSY_SCORE_MAX);
@@ -594,12 +590,21 @@ impl Pacer {
                 self.paced = false;
             }
         }
-        self.paced != was
+        match (was, self.paced) {
+            (false, true) => {
+                self.gauge.inc();
+            }
+            (true, false) => {
+                self.gauge.dec();
+            }
+            _ => {}
+        }
     }
 
-    /// When a write due now should happen instead, if it should wait.
+    /// When a write due now should happen instead, if it should wait (never with a zero
+    /// interval: such a pacer is never `paced`).
     fn hold_until(&self, now: Instant) -> Option<Instant> {
-        if self.interval.is_zero() || !self.paced {
+        if !self.paced {
             return None;
         }
         let at = self.last_write? + self.interval;
@@ -608,6 +613,14 @@ impl Pacer {
 
     fn wrote(&mut self, now: Instant) {
         self.last_write = Some(now);
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        if self.paced {
+            self.gauge.dec();
+        }
     }
 }
 
@@ -664,7 +677,8 @@ mod tests {
     #[test]
     fn pacing_starts_only_under_sustained_load_and_ends_when_it_is_gone() {
         let every = Duration::from_millis(20);
-        let mut p = Pacer::new(every);
+        let gauge = Gauge::default();
+        let mut p = Pacer::new(every, gauge.clone());
         let t0 = Instant::now();
         p.wrote(t0);
         let soon = t0 + Duration::from_millis(5);
@@ -681,8 +695,10 @@ mod tests {
         }
         assert_eq!(p.hold_until(soon), None, "stalls now and then");
 
-        let starts = (0..BUSY_SCORE).filter(|_| p.observe(BUSY)).count();
-        assert_eq!(starts, 1, "pacing starts once");
+        for _ in 0..BUSY_SCORE {
+            p.observe(BUSY);
+        }
+        assert_eq!(gauge.get(), 1, "pacing starts once");
         assert_eq!(
             p.hold_until(soon),
             Some(t0 + every),
@@ -698,25 +714,37 @@ mod tests {
         }
         assert!(p.hold_until(soon).is_some());
         // ...quick ones do.
-        let stops = (0..BUSY_SCORE_MAX).filter(|_| p.observe(QUICK)).count();
-        assert_eq!(stops, 1, "and stops once");
+        for _ in 0..BUSY_SCORE_MAX {
+            p.observe(QUICK);
+        }
+        assert_eq!(gauge.get(), 0, "and stops once");
         assert_eq!(p.hold_until(soon), None, "load gone: writes at once again");
+
+        // A session that ends while pacing no longer counts.
+        for _ in 0..BUSY_SCORE {
+            p.observe(BUSY);
+        }
+        assert_eq!(gauge.get(), 1);
+        drop(p);
+        assert_eq!(gauge.get(), 0, "an ended session is not paced");
     }
 
     #[test]
     fn a_zero_interval_never_paces() {
-        let mut p = Pacer::new(Duration::ZERO);
+        let gauge = Gauge::default();
+        let mut p = Pacer::new(Duration::ZERO, gauge.clone());
         let t0 = Instant::now();
         p.wrote(t0);
         for _ in 0..20 {
-            assert!(!p.observe(BUSY), "and never counts as paced");
+            p.observe(BUSY);
         }
+        assert_eq!(gauge.get(), 0, "and never counts as paced");
         assert_eq!(p.hold_until(t0), None);
     }
 
     #[test]
     fn the_first_write_never_waits() {
-        let mut p = Pacer::new(Duration::from_millis(20));
+        let mut p = Pacer::new(Duration::from_millis(20), Gauge::default());
         for _ in 0..20 {
             p.observe(BUSY);
         }
