@@ -159,7 +159,8 @@ impl Session {
                 },
                 waited = outbox.ready() => {
                     pacer.observe(waited);
-                    // Unless something urgent is queued or a batch is full: then all goes now.
+                    // Busy: hold telemetry until the interval is over, unless something urgent is
+                    // queued or a batch is full (then everything goes now).
                     if let Some(at) = pacer.hold_until(Instant::now()) {
                         if flush_at.is_none() && outbox.hold(hold) {
                             flush.as_mut().reset(at);
