@@ -113,8 +113,8 @@ pub struct Limits {
     pub session_queue: usize,
     /// ...or bytes, whichever comes first.
     pub session_queue_bytes: usize,
-    /// While the bridge is busy, a session writes telemetry to its client at most once per
-    /// this interval (fewer, larger writes); 0, the default, writes as often as it can.
+    /// While the bridge is saturated, a session writes telemetry to its client at most once
+    /// per this interval (fewer, larger writes; see `saturation`); 0 writes as often as it can.
     pub busy_write_interval_ms: u64,
     /// Commands per second one identity may send (across its connections), on average...
     pub command_rate: f64,
@@ -192,7 +192,7 @@ impl Default for Limits {
             idle_timeout_secs: 75,
             session_queue: 8192,
             session_queue_bytes: 4 * 1024 * 1024,
-            busy_write_interval_ms: 0,
+            busy_write_interval_ms: 40,
             command_rate: 10.0,
             command_burst: 20,
         }

@@ -9,7 +9,8 @@
 //!   [`outbox`] of every subscribed session. It never waits on a session.
 //! - [`server`] accepts TLS connections (client certificate required, [`tls`]) and serves the
 //!   dashboard, health paths and `/ws`; each WebSocket is a [`session`] task that decodes
-//!   requests and writes its outbox in batches.
+//!   requests and writes its outbox in batches, fewer and larger ones while the runtime is
+//!   [`saturation`]-bound.
 //! - [`commands`] tracks commands from a session to a device and back (id, deadline, ack).
 //!
 //! [`run`] wires them together; the binary only parses flags, loads [`config`] and binds.
@@ -29,6 +30,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod reload;
 pub mod resume;
+pub mod saturation;
 pub mod server;
 pub mod session;
 pub mod signals;
@@ -99,6 +101,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// When each session pings its client.
     pub keepalive: Arc<keepalive::Keepalive>,
+    /// Whether the runtime has time to spare: sessions pace their writes when it has not.
+    pub saturation: saturation::Saturation,
     pub rate: ratelimit::RateLimiter,
     acl: RwLock<Arc<acl::Acl>>,
     /// Bumped on every ACL reload; sessions compare it with theirs to recompute their grants.
@@ -210,6 +214,7 @@ pub async fn run_with(
         closing: AtomicBool::new(false),
         tracker: TaskTracker::new(),
         keepalive: keepalive.clone(),
+        saturation: saturation::Saturation::current(),
         rate: ratelimit::RateLimiter::new(config_rate.0, config_rate.1),
         acl: RwLock::new(Arc::new(acl)),
         acl_version: AtomicU64::new(0),

@@ -171,7 +171,7 @@ impl Metrics {
         let paced_sessions = Gauge::default();
         registry.register(
             "sessions_paced",
-            "Sessions writing telemetry at most once per limits.busy_write_interval_ms because the bridge is busy",
+            "Sessions writing telemetry at most once per limits.busy_write_interval_ms because the bridge is saturated",
             paced_sessions.clone(),
         );
 

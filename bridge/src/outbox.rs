@@ -129,11 +129,6 @@ struct Inner {
     attention: bool,
     /// The keepalive wheel asked the session to ping its client.
     ping: bool,
-    /// Whether wake-ups are timed ([`Outbox::timed`]): only a pacing session asks.
-    time_wakes: bool,
-    /// When a push last woke the waiting session: how long it then took to run says how busy
-    /// the bridge is (see [`Outbox::poll_ready`]).
-    woken_at: Option<Instant>,
     /// While set, queued frames make the session ready only once they reach this many frames
     /// or bytes, or a frame other than telemetry is queued (see [`Outbox::hold`]).
     hold: Option<Hold>,
@@ -171,9 +166,6 @@ struct Throttle {
 /// Wakes the session if it is waiting, once the lock is let go.
 fn wake_session(mut inner: MutexGuard<'_, Inner>) {
     let waker = inner.waker.take();
-    if waker.is_some() && inner.time_wakes {
-        inner.woken_at = Some(Instant::now());
-    }
     drop(inner);
     if let Some(waker) = waker {
         waker.wake();
@@ -185,19 +177,6 @@ impl Outbox {
     pub fn new(capacity: usize, max_bytes: usize) -> Arc<Outbox> {
         Arc::new(Outbox {
             inner: Mutex::new(Inner::default()),
-            capacity,
-            max_bytes,
-        })
-    }
-
-    /// Like [`Outbox::new`], and [`Outbox::poll_ready`] reports how long the session waited
-    /// for its turn after each wake-up (two clock reads per wake-up, for the write pacing).
-    pub fn timed(capacity: usize, max_bytes: usize) -> Arc<Outbox> {
-        Arc::new(Outbox {
-            inner: Mutex::new(Inner {
-                time_wakes: true,
-                ..Inner::default()
-            }),
             capacity,
             max_bytes,
         })
@@ -325,8 +304,6 @@ impl Outbox {
             out.push(frame);
         }
         inner.bytes -= taken;
-        // The session is at work: a wake-up it did not need to poll for tells nothing.
-        inner.woken_at = None;
         // Hysteresis: a client is only back in good standing once it has worked its queue
         // down to half, not after every batch that dips below the limit.
         if inner.queue.len() <= self.capacity / 2 && inner.bytes <= self.max_bytes / 2 {
@@ -387,15 +364,12 @@ impl Outbox {
     }
 
     /// Ready while frames are queued (and not held, see [`Outbox::hold`]) or a ping is due,
-    /// and once after each [`Outbox::nudge`]. When this readiness follows a wake-up of a
-    /// [`Outbox::timed`] outbox, it carries the time from the wake-up to this poll: the task's
-    /// wait for a turn on the runtime.
+    /// and once after each [`Outbox::nudge`].
     /// Polling it costs one uncontended lock: the session polls it on every turn of its loop.
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Option<Duration>> {
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut inner = self.lock();
         if inner.has_work() || inner.ping || std::mem::take(&mut inner.attention) {
-            let waited = inner.woken_at.take().map(|t| t.elapsed());
-            return Poll::Ready(waited);
+            return Poll::Ready(());
         }
         match &inner.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -405,7 +379,7 @@ impl Outbox {
     }
 
     /// Resolves when [`Outbox::poll_ready`] is ready.
-    pub fn ready(&self) -> impl std::future::Future<Output = Option<Duration>> + '_ {
+    pub fn ready(&self) -> impl std::future::Future<Output = ()> + '_ {
         poll_fn(|cx| self.poll_ready(cx))
     }
 
@@ -486,11 +460,6 @@ mod tests {
         ob.push(text("1"));
         ob.push(text("2"));
         assert_eq!(count(), 1, "one wake for both frames");
-        assert_eq!(
-            ob.poll_ready(&mut cx),
-            Poll::Ready(None),
-            "an outbox that is not timed does not time its wake-ups"
-        );
         assert!(ob.poll_ready(&mut cx).is_ready(), "ready while frames wait");
         let mut out = Vec::new();
         ob.drain(&mut out, 100, usize::MAX);
@@ -509,7 +478,7 @@ mod tests {
 
     #[test]
     fn held_telemetry_wakes_the_writer_only_when_worth_a_write() {
-        let ob = Outbox::timed(100, usize::MAX);
+        let ob = Outbox::new(100, usize::MAX);
         let wakes = Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
@@ -526,10 +495,7 @@ mod tests {
         assert!(ob.poll_ready(&mut cx).is_pending(), "held, not ready");
         ob.push(tele("a", 2));
         assert_eq!(count(), 1, "the third makes a batch");
-        assert!(
-            matches!(ob.poll_ready(&mut cx), Poll::Ready(Some(_))),
-            "ready, with the wait since the wake-up"
-        );
+        assert!(ob.poll_ready(&mut cx).is_ready(), "ready");
         assert!(!ob.hold(hold), "worth a write: not held");
         let mut out = Vec::new();
         ob.drain(&mut out, 100, usize::MAX);
@@ -552,10 +518,7 @@ mod tests {
         assert_eq!(count(), 2, "held again");
         assert!(ob.poll_ready(&mut cx).is_pending());
         assert!(ob.release(), "released");
-        assert!(
-            matches!(ob.poll_ready(&mut cx), Poll::Ready(None)),
-            "ready without a wake-up"
-        );
+        assert!(ob.poll_ready(&mut cx).is_ready(), "ready without a wake-up");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::history::Query;
 use crate::hub::{ReadScope, SessionId, SubOptions, SubscribeRequest};
 use crate::outbox::{Frame, Hold, Outbox};
 use crate::protocol::{self, ClientMsg, ErrorCode, LimitsView, Permissions, ServerMsg, Wire};
+use crate::saturation::Saturation;
 use crate::server::Peer;
 use crate::Shared;
 
@@ -26,15 +27,6 @@ use crate::Shared;
 const WRITE_BATCH: usize = 256;
 /// Bytes written per flush: tungstenite buffers a whole batch, so this bounds that buffer.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
-/// A session that waits longer than this for its turn after a wake-up finds the bridge busy...
-const BUSY_WAIT: Duration = Duration::from_millis(1);
-/// ...and, once pacing, one that waits less than this finds it no longer busy.
-const QUICK_WAIT: Duration = Duration::from_micros(250);
-/// Busy wake-ups (net of quick ones) after which a session paces its writes: a stall of the
-/// host now and then is not load (it makes one wake-up of each session late, not a dozen). A
-/// quick wake-up counts two down, and pacing stops when the count is back to zero.
-const BUSY_SCORE: u8 = 12;
-const BUSY_SCORE_MAX: u8 = 16;
 /// A client whose queue stays over capacity this long is closed.
 const SLOW_CLIENT_LIMIT: Duration = Duration::from_secs(10);
 /// Close code for a client that cannot keep up (private range, documented in docs/protocol.md).
@@ -44,11 +36,7 @@ pub async fn run(socket: WebSocket, wire: Wire, peer: Peer, shared: Arc<Shared>)
     // Keeps shutdown waiting for this session; axum spawned the task, not our tracker.
     let _tracked = shared.tracker.token();
     let limits = &shared.config.limits;
-    let outbox = if limits.busy_write_interval_ms > 0 {
-        Outbox::timed(limits.session_queue, limits.session_queue_bytes)
-    } else {
-        Outbox::new(limits.session_queue, limits.session_queue_bytes)
-    };
+    let outbox = Outbox::new(limits.session_queue, limits.session_queue_bytes);
     // Read before the grants: a reload in between shows as a newer version, and is applied.
     let acl_version = shared.acl_version();
     let grants = shared.acl().grants(&peer.identity);
@@ -157,11 +145,10 @@ impl Session {
                         }
                     }
                 },
-                waited = outbox.ready() => {
-                    pacer.observe(waited);
-                    // Busy: hold telemetry until the interval is over, unless something urgent is
-                    // queued or a batch is full (then everything goes now).
-                    if let Some(at) = pacer.hold_until(Instant::now()) {
+                _ = outbox.ready() => {
+                    // Saturated: hold telemetry until the interval is over, unless something
+                    // urgent is queued or a batch is full (then everything goes now).
+                    if let Some(at) = pacer.hold_until(Instant::now(), &self.shared.saturation) {
                         if flush_at.is_none() && outbox.hold(hold) {
                             flush.as_mut().reset(at);
                             flush_at = Some(at);
@@ -541,22 +528,21 @@ enum Frame_<'a> {
     Binary(&'a [u8]),
 }
 
-/// Paces a session's writes while the bridge is busy.
+/// Paces a session's telemetry writes while the bridge is saturated.
 ///
 /// Every write to a client costs the kernel several microseconds whatever it carries (on
 /// loopback, more than encrypting and framing a batch of telemetry), so a bridge with a thousand
 /// clients that writes each message as soon as it can spends its CPU on writes, falls behind,
-/// and its latency grows. When a session keeps waiting over [`BUSY_WAIT`] for its turn after a
-/// wake-up (a thousand sessions woken by one message wait that long too), it writes telemetry
-/// at most once per interval instead (replies and notices still go out at once, and a full
-/// batch does not wait): fewer, larger writes, which lets the busy bridge catch up. A bridge
-/// with CPU to spare writes at once; one stall of the host changes nothing.
+/// and its latency grows. While the runtime has no time to spare ([`Saturation`]), a session
+/// writes telemetry at most once per interval instead (replies and notices still go out at
+/// once, and a full batch does not wait): fewer, larger writes, which lets the bridge catch up.
+/// A bridge with time to spare writes at once, however long its fan-outs take.
+///
+/// [`Saturation`]: crate::saturation::Saturation
 #[derive(Debug)]
 struct Pacer {
     interval: Duration,
-    /// Busy wake-ups minus quick ones, within `0..=BUSY_SCORE_MAX`.
-    score: u8,
-    /// Whether writes are paced: from `BUSY_SCORE` up, until the score is back to zero.
+    /// Whether writes were paced at the last wake-up.
     paced: bool,
     last_write: Option<Instant>,
     /// Sessions pacing now (`iotbridge_sessions_paced`): this one counts while `paced`.
@@ -567,45 +553,25 @@ impl Pacer {
     fn new(interval: Duration, gauge: Gauge) -> Pacer {
         Pacer {
             interval,
-            score: 0,
             paced: false,
             last_write: None,
             gauge,
         }
     }
 
-    /// Takes note of how long the session waited for its turn after a wake-up.
-    fn observe(&mut self, waited: Option<Duration>) {
-        let was = self.paced;
-        let Some(w) = waited.filter(|_| !self.interval.is_zero()) else {
-            return;
-        };
-        if w > BUSY_WAIT {
-            self.score = (self.score + 1).min(BUSY_SCORE_MAX);
-            if self.score >= BUSY_SCORE {
-                self.paced = true;
-            }
-        } else if !self.paced || w < QUICK_WAIT {
-            self.score = self.score.saturating_sub(2);
-            if self.score == 0 {
-                self.paced = false;
-            }
-        }
-        match (was, self.paced) {
-            (false, true) => {
+    /// When a write due now should happen instead, if it should wait: only while the bridge
+    /// is saturated, and never with a zero interval (pacing off).
+    fn hold_until(&mut self, now: Instant, saturation: &Saturation) -> Option<Instant> {
+        let paced = !self.interval.is_zero() && saturation.saturated(now);
+        if paced != self.paced {
+            self.paced = paced;
+            if paced {
                 self.gauge.inc();
-            }
-            (true, false) => {
+            } else {
                 self.gauge.dec();
             }
-            _ => {}
         }
-    }
-
-    /// When a write due now should happen instead, if it should wait (never with a zero
-    /// interval: such a pacer is never `paced`).
-    fn hold_until(&self, now: Instant) -> Option<Instant> {
-        if !self.paced {
+        if !paced {
             return None;
         }
         let at = self.last_write? + self.interval;
@@ -671,60 +637,37 @@ mod tests {
         assert!(subscription_options(None, Some(vec!["x".repeat(65)])).is_err());
     }
 
-    const BUSY: Option<Duration> = Some(Duration::from_millis(3));
-    const QUICK: Option<Duration> = Some(Duration::from_micros(20));
-    const MIDDLING: Option<Duration> = Some(Duration::from_micros(600));
-
     #[test]
-    fn pacing_starts_only_under_sustained_load_and_ends_when_it_is_gone() {
+    fn pacing_holds_writes_only_while_saturated() {
         let every = Duration::from_millis(20);
         let gauge = Gauge::default();
         let mut p = Pacer::new(every, gauge.clone());
+        let (idle, saturated) = (Saturation::fixed(false), Saturation::fixed(true));
         let t0 = Instant::now();
         p.wrote(t0);
         let soon = t0 + Duration::from_millis(5);
-        assert_eq!(p.hold_until(soon), None, "idle: writes at once");
-
-        // Stalls of the host between quick turns are not load, even a few late turns in a row.
-        for _ in 0..10 {
-            for _ in 0..5 {
-                p.observe(BUSY);
-            }
-            for _ in 0..3 {
-                p.observe(QUICK);
-            }
-        }
-        assert_eq!(p.hold_until(soon), None, "stalls now and then");
-
-        for _ in 0..BUSY_SCORE {
-            p.observe(BUSY);
-        }
-        assert_eq!(gauge.get(), 1, "pacing starts once");
         assert_eq!(
-            p.hold_until(soon),
-            Some(t0 + every),
-            "busy: waits for the interval"
+            p.hold_until(soon, &idle),
+            None,
+            "time to spare: writes at once"
         );
-        assert_eq!(p.hold_until(t0 + every), None, "the interval is over");
-        p.observe(None);
-        assert_eq!(p.hold_until(soon), Some(t0 + every), "no wake-up, no news");
+        assert_eq!(gauge.get(), 0);
 
-        // Waits that would not start pacing do not end it either (hysteresis)...
-        for _ in 0..20 {
-            p.observe(MIDDLING);
-        }
-        assert!(p.hold_until(soon).is_some());
-        // ...quick ones do.
-        for _ in 0..BUSY_SCORE_MAX {
-            p.observe(QUICK);
-        }
-        assert_eq!(gauge.get(), 0, "and stops once");
-        assert_eq!(p.hold_until(soon), None, "load gone: writes at once again");
+        assert_eq!(
+            p.hold_until(soon, &saturated),
+            Some(t0 + every),
+            "saturated: waits for the interval"
+        );
+        assert_eq!(gauge.get(), 1, "counted as paced");
+        assert_eq!(p.hold_until(soon, &saturated), Some(t0 + every));
+        assert_eq!(gauge.get(), 1, "counted once");
+        assert_eq!(p.hold_until(t0 + every, &saturated), None, "interval over");
+
+        assert_eq!(p.hold_until(soon, &idle), None, "no longer saturated");
+        assert_eq!(gauge.get(), 0, "and no longer counted");
 
         // A session that ends while pacing no longer counts.
-        for _ in 0..BUSY_SCORE {
-            p.observe(BUSY);
-        }
+        assert!(p.hold_until(soon, &saturated).is_some());
         assert_eq!(gauge.get(), 1);
         drop(p);
         assert_eq!(gauge.get(), 0, "an ended session is not paced");
@@ -736,19 +679,13 @@ mod tests {
         let mut p = Pacer::new(Duration::ZERO, gauge.clone());
         let t0 = Instant::now();
         p.wrote(t0);
-        for _ in 0..20 {
-            p.observe(BUSY);
-        }
+        assert_eq!(p.hold_until(t0, &Saturation::fixed(true)), None);
         assert_eq!(gauge.get(), 0, "and never counts as paced");
-        assert_eq!(p.hold_until(t0), None);
     }
 
     #[test]
     fn the_first_write_never_waits() {
         let mut p = Pacer::new(Duration::from_millis(20), Gauge::default());
-        for _ in 0..20 {
-            p.observe(BUSY);
-        }
-        assert_eq!(p.hold_until(Instant::now()), None);
+        assert_eq!(p.hold_until(Instant::now(), &Saturation::fixed(true)), None);
     }
 }

@@ -1,0 +1,86 @@
+//! A saturated bridge paces its writes: while its runtime has no idle moment, each client gets
+//! its telemetry in batches (the `iotbridge_sessions_paced` gauge says so), every message
+//! still arriving, in order; once the runtime has time again, writes go out at once.
+//!
+//! The bridge runs on this test's runtime, so two tasks that spin and yield without ever
+//! letting a worker park saturate it on purpose. In a binary of its own: the spinning would
+//! slow any test running beside it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::mqtt::{simple_meta, ManualDevice};
+use e2e::{E2eError, TestEnv};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+const MESSAGES: u64 = 40;
+
+/// Keeps every worker of the runtime busy until `on` is cleared: each task spins for a
+/// millisecond and yields, so other tasks still run but no worker ever parks.
+fn saturate(workers: usize, on: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..workers)
+        .map(|_| {
+            let on = on.clone();
+            tokio::spawn(async move {
+                while on.load(Ordering::Relaxed) {
+                    let until = Instant::now() + Duration::from_millis(1);
+                    while Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_bridge_batches_telemetry_and_loses_none() -> Result<(), E2eError> {
+    let env = TestEnv::new().devices(0).start().await?;
+    let paced = |scrape: &e2e::metrics::Scrape| scrape.get("iotbridge_sessions_paced", &[]);
+    let meta = simple_meta("meter", &["n"]);
+    let mut device = ManualDevice::start(&env.pki, &env.mosquitto, "meter-1", &meta).await?;
+    env.wait_online(&["meter-1"], WAIT).await?;
+    let mut client = env.connect("alice").await?;
+    client.subscribe(&["meter-1"], "s1", WAIT).await?;
+    assert_eq!(paced(&env.metrics().await?), 0.0, "idle: nothing paced");
+
+    let on = Arc::new(AtomicBool::new(true));
+    let hogs = saturate(2, on.clone());
+    let mut most_paced: f64 = 0.0;
+    for n in 0..MESSAGES {
+        device.telemetry(&json!({ "n": n })).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if n % 8 == 7 {
+            most_paced = most_paced.max(paced(&env.metrics().await?));
+        }
+    }
+    on.store(false, Ordering::Relaxed);
+    for hog in hogs {
+        let _ = hog.await;
+    }
+    assert_eq!(most_paced, 1.0, "the one session paced while saturated");
+
+    let mut seen = Vec::new();
+    while seen.len() < MESSAGES as usize {
+        let msg = client.recv(WAIT).await?;
+        if msg["type"] == "telemetry" {
+            seen.push(msg["data"]["n"].as_u64());
+        }
+    }
+    let sent: Vec<_> = (0..MESSAGES).map(Some).collect();
+    assert_eq!(seen, sent, "every message, in order");
+
+    // Idle long enough for the next sample to find time to spare: the next message goes out
+    // at once and the session no longer counts as paced.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    device.telemetry(&json!({ "n": MESSAGES })).await?;
+    let msg = client
+        .recv_until(|m| m["type"] == "telemetry", WAIT)
+        .await?;
+    assert_eq!(msg["data"]["n"], MESSAGES);
+    assert_eq!(paced(&env.metrics().await?), 0.0, "no longer saturated");
+    env.shutdown().await
+}
