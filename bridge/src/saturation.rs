@@ -11,7 +11,7 @@
 //! so an idle bridge does no work for it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, TryLockError};
 use std::time::Duration;
 
 use tokio::runtime::RuntimeMetrics;
@@ -43,25 +43,30 @@ pub struct Saturation {
 
 struct Window {
     started: Instant,
-    /// The workers' total busy time at `started`.
-    busy: Duration,
+    /// Each worker's total busy time and park count at `started`.
+    workers: Vec<WorkerMark>,
     hot: u8,
+}
+
+#[derive(Clone, Copy)]
+struct WorkerMark {
+    busy: Duration,
+    parks: u64,
 }
 
 impl Saturation {
     /// Watches the runtime this is called on.
     pub fn current() -> Saturation {
         let metrics = tokio::runtime::Handle::current().metrics();
-        let now = Instant::now();
-        let busy = total_busy(&metrics);
+        let workers = marks(&metrics);
         Saturation {
             metrics: Some(metrics),
-            origin: now,
+            origin: Instant::now(),
             next_ms: AtomicU64::new(WINDOW.as_millis() as u64),
             saturated: AtomicBool::new(false),
             window: Mutex::new(Window {
-                started: now,
-                busy,
+                started: Instant::now(),
+                workers,
                 hot: 0,
             }),
         }
@@ -77,7 +82,7 @@ impl Saturation {
             saturated: AtomicBool::new(saturated),
             window: Mutex::new(Window {
                 started: Instant::now(),
-                busy: Duration::ZERO,
+                workers: Vec::new(),
                 hot: 0,
             }),
         }
@@ -88,8 +93,14 @@ impl Saturation {
     pub fn saturated(&self, now: Instant) -> bool {
         let at = now.saturating_duration_since(self.origin).as_millis() as u64;
         if at >= self.next_ms.load(Ordering::Relaxed) {
-            // Whoever gets the lock samples; the others read the current verdict.
-            if let Ok(mut w) = self.window.try_lock() {
+            // Whoever gets the lock samples; the others read the current verdict. A panic while
+            // sampling leaves a window that is still whole: keep using it.
+            let window = match self.window.try_lock() {
+                Ok(w) => Some(w),
+                Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut w) = window {
                 self.sample(&mut w, now);
             }
         }
@@ -101,17 +112,14 @@ impl Saturation {
         let Some(metrics) = self.metrics.as_ref().filter(|_| elapsed >= WINDOW) else {
             return; // sampled by another caller meanwhile
         };
-        let busy = total_busy(metrics);
-        let workers = metrics.num_workers().max(1) as f64;
-        let share = busy.saturating_sub(w.busy).as_secs_f64() / (elapsed.as_secs_f64() * workers);
-        *w = Window {
-            started: now,
-            busy,
-            hot: if share >= HOT {
-                w.hot.saturating_add(1)
-            } else {
-                0
-            },
+        let workers = marks(metrics);
+        let share = busy_share(&w.workers, &workers, elapsed);
+        w.started = now;
+        w.workers = workers;
+        w.hot = if share >= HOT {
+            w.hot.saturating_add(1)
+        } else {
+            0
         };
         let was = self.saturated.load(Ordering::Relaxed);
         let is = match was {
@@ -136,16 +144,76 @@ impl Saturation {
     }
 }
 
-/// The time every worker has spent running tasks (not parked) since the runtime started.
-fn total_busy(metrics: &RuntimeMetrics) -> Duration {
+/// Every worker's busy time and park count so far.
+fn marks(metrics: &RuntimeMetrics) -> Vec<WorkerMark> {
     (0..metrics.num_workers())
-        .map(|w| metrics.worker_total_busy_duration(w))
-        .sum()
+        .map(|w| WorkerMark {
+            busy: metrics.worker_total_busy_duration(w),
+            parks: metrics.worker_park_count(w),
+        })
+        .collect()
+}
+
+/// The share of the workers' time spent busy between two marks `elapsed` apart, 0 to 1.
+///
+/// A worker publishes its busy time when it parks, and while it never parks only every few
+/// dozen tasks (tokio's maintenance), so a worker that is busy throughout may show a window
+/// only part busy and the next one more than whole. A worker that published busy time without
+/// parking once in the window was busy all of it; one that parked counts what it published.
+fn busy_share(before: &[WorkerMark], after: &[WorkerMark], elapsed: Duration) -> f64 {
+    if before.is_empty() || before.len() != after.len() || elapsed.is_zero() {
+        return 0.0;
+    }
+    let busy: Duration = before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| {
+            let busy = a.busy.saturating_sub(b.busy);
+            if a.parks == b.parks && !busy.is_zero() {
+                elapsed
+            } else {
+                busy.min(elapsed)
+            }
+        })
+        .sum();
+    busy.as_secs_f64() / (elapsed.as_secs_f64() * before.len() as f64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    fn mark(busy_ms: u64, parks: u64) -> WorkerMark {
+        WorkerMark {
+            busy: Duration::from_millis(busy_ms),
+            parks,
+        }
+    }
+
+    #[test]
+    fn busy_share_counts_a_worker_that_never_parked_as_busy_throughout() {
+        let window = Duration::from_millis(100);
+        let cases = [
+            // (before, after, share)
+            (mark(0, 5), mark(0, 5), 0.0),   // parked the whole window
+            (mark(0, 5), mark(30, 6), 0.3),  // parked once: what it published
+            (mark(0, 5), mark(40, 5), 1.0),  // never parked, published a lump: busy throughout
+            (mark(0, 5), mark(160, 5), 1.0), // a late lump never counts more than the window
+            (mark(0, 5), mark(160, 9), 1.0),
+        ];
+        for (before, after, want) in cases {
+            let got = busy_share(&[before], &[after], window);
+            assert!((got - want).abs() < 1e-9, "{want} != {got}");
+        }
+        let two = busy_share(
+            &[mark(0, 1), mark(0, 1)],
+            &[mark(50, 2), mark(0, 1)],
+            window,
+        );
+        assert!((two - 0.25).abs() < 1e-9, "{two}");
+        assert_eq!(busy_share(&[], &[], window), 0.0);
+    }
 
     /// Spins for `d` of wall time without yielding: the worker is busy.
     fn spin(d: Duration) {
@@ -155,27 +223,60 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_worker_that_parks_is_not_saturated_and_one_that_never_does_is() {
+    /// Asks for the verdict every 20 ms until it is `want`, for at most `limit`.
+    async fn verdict_within(s: &Saturation, want: bool, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if s.saturated(Instant::now()) == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workers_that_never_park_saturate_the_runtime_and_idle_ones_do_not() {
         let s = Saturation::current();
-        // Mostly parked: a little work, then sleeping, for several windows.
+        // A little work now and then: time to spare.
         for _ in 0..6 {
-            spin(Duration::from_millis(5));
-            tokio::time::sleep(Duration::from_millis(45)).await;
-            assert!(!s.saturated(Instant::now()), "a worker with time to spare");
+            spin(Duration::from_millis(2));
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            assert!(!s.saturated(Instant::now()), "a runtime with time to spare");
         }
-        // Never parked for three windows: saturated once two whole windows were hot.
-        let mut verdicts = Vec::new();
-        for _ in 0..8 {
+        // Two tasks that spin and yield keep both workers from ever parking.
+        let on = Arc::new(AtomicBool::new(true));
+        let hogs: Vec<_> = (0..2)
+            .map(|_| {
+                let on = on.clone();
+                tokio::spawn(async move {
+                    while on.load(Ordering::Relaxed) {
+                        spin(Duration::from_millis(1));
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        let saturated = verdict_within(&s, true, Duration::from_secs(5)).await;
+        on.store(false, Ordering::Relaxed);
+        for hog in hogs {
+            hog.await.ok();
+        }
+        assert!(saturated, "both workers busy for seconds");
+        assert!(
+            verdict_within(&s, false, Duration::from_secs(5)).await,
+            "idle again"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_window_of_work_is_not_saturation() {
+        let s = Saturation::current();
+        // Busy for just under two windows: at most one whole window of it is hot.
+        for _ in 0..3 {
             spin(WINDOW / 2);
-            // Yields without parking: the task is ready again at once.
             tokio::task::yield_now().await;
-            verdicts.push(s.saturated(Instant::now()));
+            assert!(!s.saturated(Instant::now()));
         }
-        assert!(verdicts.iter().any(|v| *v), "busy for 400 ms: {verdicts:?}");
-        assert!(!verdicts[0], "not after one window: {verdicts:?}");
-        // Idle again: the next window ends it.
-        tokio::time::sleep(WINDOW * 2).await;
-        assert!(!s.saturated(Instant::now()), "idle again");
     }
 }

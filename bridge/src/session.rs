@@ -236,13 +236,17 @@ impl Session {
         if flush_at.take().is_some() {
             self.outbox.release();
         }
-        pacer.wrote(Instant::now());
-        self.write_queued(ws.get_mut(), deadline).await
+        let started = Instant::now();
+        // A wake-up that wrote nothing (a ping, a nudge) does not start the next interval.
+        if self.write_queued(ws.get_mut(), deadline).await? > 0 {
+            pacer.wrote(started);
+        }
+        Ok(())
     }
 
-    /// Writes queued frames in batches with one flush each. A client that cannot take a batch
-    /// within the idle timeout is dead to us.
-    async fn write_queued(&self, ws: &mut WebSocket, deadline: Duration) -> Result<(), End> {
+    /// Writes queued frames in batches with one flush each, and says how many. A client that
+    /// cannot take a batch within the idle timeout is dead to us.
+    async fn write_queued(&self, ws: &mut WebSocket, deadline: Duration) -> Result<usize, End> {
         let metrics = &self.shared.metrics;
         // Wakes with nothing queued (a ping, a nudge) say nothing about how far behind it is.
         let queued = self.outbox.len();
@@ -251,13 +255,15 @@ impl Session {
         }
         // Lives for this call only: an idle session holds no batch buffer.
         let mut batch = Vec::new();
+        let mut written = 0;
         loop {
             let info = self
                 .outbox
                 .drain(&mut batch, WRITE_BATCH, WRITE_BATCH_BYTES);
             if batch.is_empty() && info.conflated == 0 {
-                return Ok(());
+                return Ok(written);
             }
+            written += batch.len();
             if info
                 .over_since
                 .is_some_and(|t| t.elapsed() > SLOW_CLIENT_LIMIT)
@@ -309,7 +315,7 @@ impl Session {
                 }
             }
             if self.outbox.is_empty() {
-                return Ok(());
+                return Ok(written);
             }
         }
     }
