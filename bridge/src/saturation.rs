@@ -32,8 +32,7 @@ const HOT_WINDOWS: u8 = 2;
 const COOL: f64 = 0.25;
 
 pub struct Saturation {
-    /// `None`: a fixed verdict, for tests.
-    metrics: Option<RuntimeMetrics>,
+    metrics: RuntimeMetrics,
     origin: Instant,
     /// Milliseconds from `origin` after which the next sample is due.
     next_ms: AtomicU64,
@@ -59,30 +58,15 @@ impl Saturation {
     pub fn current() -> Saturation {
         let metrics = tokio::runtime::Handle::current().metrics();
         let workers = marks(&metrics);
+        let now = Instant::now();
         Saturation {
-            metrics: Some(metrics),
-            origin: Instant::now(),
+            metrics,
+            origin: now,
             next_ms: AtomicU64::new(WINDOW.as_millis() as u64),
             saturated: AtomicBool::new(false),
             window: Mutex::new(Window {
-                started: Instant::now(),
+                started: now,
                 workers,
-                hot: 0,
-            }),
-        }
-    }
-
-    /// A verdict that never changes.
-    #[cfg(test)]
-    pub(crate) fn fixed(saturated: bool) -> Saturation {
-        Saturation {
-            metrics: None,
-            origin: Instant::now(),
-            next_ms: AtomicU64::new(u64::MAX),
-            saturated: AtomicBool::new(saturated),
-            window: Mutex::new(Window {
-                started: Instant::now(),
-                workers: Vec::new(),
                 hot: 0,
             }),
         }
@@ -109,10 +93,10 @@ impl Saturation {
 
     fn sample(&self, w: &mut Window, now: Instant) {
         let elapsed = now.saturating_duration_since(w.started);
-        let Some(metrics) = self.metrics.as_ref().filter(|_| elapsed >= WINDOW) else {
+        if elapsed < WINDOW {
             return; // sampled by another caller meanwhile
-        };
-        let workers = marks(metrics);
+        }
+        let workers = marks(&self.metrics);
         let share = busy_share(&w.workers, &workers, elapsed);
         w.started = now;
         w.workers = workers;

@@ -19,7 +19,6 @@ use crate::history::Query;
 use crate::hub::{ReadScope, SessionId, SubOptions, SubscribeRequest};
 use crate::outbox::{Frame, Hold, Outbox};
 use crate::protocol::{self, ClientMsg, ErrorCode, LimitsView, Permissions, ServerMsg, Wire};
-use crate::saturation::Saturation;
 use crate::server::Peer;
 use crate::Shared;
 
@@ -148,7 +147,9 @@ impl Session {
                 _ = outbox.ready() => {
                     // Saturated: hold telemetry until the interval is over, unless something
                     // urgent is queued or a batch is full (then everything goes now).
-                    if let Some(at) = pacer.hold_until(Instant::now(), &self.shared.saturation) {
+                    let now = Instant::now();
+                    let saturation = &self.shared.saturation;
+                    if let Some(at) = pacer.hold_until(now, || saturation.saturated(now)) {
                         if flush_at.is_none() && outbox.hold(hold) {
                             flush.as_mut().reset(at);
                             flush_at = Some(at);
@@ -566,9 +567,9 @@ impl Pacer {
     }
 
     /// When a write due now should happen instead, if it should wait: only while the bridge
-    /// is saturated, and never with a zero interval (pacing off).
-    fn hold_until(&mut self, now: Instant, saturation: &Saturation) -> Option<Instant> {
-        let paced = !self.interval.is_zero() && saturation.saturated(now);
+    /// is `saturated`, which is not even asked with a zero interval (pacing off).
+    fn hold_until(&mut self, now: Instant, saturated: impl FnOnce() -> bool) -> Option<Instant> {
+        let paced = !self.interval.is_zero() && saturated();
         if paced != self.paced {
             self.paced = paced;
             if paced {
@@ -648,32 +649,32 @@ mod tests {
         let every = Duration::from_millis(20);
         let gauge = Gauge::default();
         let mut p = Pacer::new(every, gauge.clone());
-        let (idle, saturated) = (Saturation::fixed(false), Saturation::fixed(true));
+        let (idle, saturated) = (|| false, || true);
         let t0 = Instant::now();
         p.wrote(t0);
         let soon = t0 + Duration::from_millis(5);
         assert_eq!(
-            p.hold_until(soon, &idle),
+            p.hold_until(soon, idle),
             None,
             "time to spare: writes at once"
         );
         assert_eq!(gauge.get(), 0);
 
         assert_eq!(
-            p.hold_until(soon, &saturated),
+            p.hold_until(soon, saturated),
             Some(t0 + every),
             "saturated: waits for the interval"
         );
         assert_eq!(gauge.get(), 1, "counted as paced");
-        assert_eq!(p.hold_until(soon, &saturated), Some(t0 + every));
+        assert_eq!(p.hold_until(soon, saturated), Some(t0 + every));
         assert_eq!(gauge.get(), 1, "counted once");
-        assert_eq!(p.hold_until(t0 + every, &saturated), None, "interval over");
+        assert_eq!(p.hold_until(t0 + every, saturated), None, "interval over");
 
-        assert_eq!(p.hold_until(soon, &idle), None, "no longer saturated");
+        assert_eq!(p.hold_until(soon, idle), None, "no longer saturated");
         assert_eq!(gauge.get(), 0, "and no longer counted");
 
         // A session that ends while pacing no longer counts.
-        assert!(p.hold_until(soon, &saturated).is_some());
+        assert!(p.hold_until(soon, saturated).is_some());
         assert_eq!(gauge.get(), 1);
         drop(p);
         assert_eq!(gauge.get(), 0, "an ended session is not paced");
@@ -685,13 +686,19 @@ mod tests {
         let mut p = Pacer::new(Duration::ZERO, gauge.clone());
         let t0 = Instant::now();
         p.wrote(t0);
-        assert_eq!(p.hold_until(t0, &Saturation::fixed(true)), None);
+        let asked = std::cell::Cell::new(false);
+        let saturated = || {
+            asked.set(true);
+            true
+        };
+        assert_eq!(p.hold_until(t0, saturated), None);
+        assert!(!asked.get(), "pacing off: the runtime is not even sampled");
         assert_eq!(gauge.get(), 0, "and never counts as paced");
     }
 
     #[test]
     fn the_first_write_never_waits() {
         let mut p = Pacer::new(Duration::from_millis(20), Gauge::default());
-        assert_eq!(p.hold_until(Instant::now(), &Saturation::fixed(true)), None);
+        assert_eq!(p.hold_until(Instant::now(), || true), None);
     }
 }

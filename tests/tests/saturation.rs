@@ -10,12 +10,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2e::metrics::Scrape;
 use e2e::mqtt::{simple_meta, ManualDevice};
 use e2e::{E2eError, TestEnv};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 const MESSAGES: u64 = 40;
+
+/// Writes to clients that carried more than one frame so far: the session queue depth
+/// histogram's observations above its first bucket (`le="1.0"`).
+fn batched_writes(scrape: &Scrape) -> f64 {
+    let depth = "iotbridge_session_queue_depth";
+    scrape.get(&format!("{depth}_count"), &[])
+        - scrape.get(&format!("{depth}_bucket"), &[("le", "1.0")])
+}
 
 /// Keeps every worker of the runtime busy until `on` is cleared: each task spins for a
 /// millisecond and yields, so other tasks still run but no worker ever parks.
@@ -39,13 +48,14 @@ fn saturate(workers: usize, on: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_bridge_batches_telemetry_and_loses_none() -> Result<(), E2eError> {
     let env = TestEnv::new().devices(0).start().await?;
-    let paced = |scrape: &e2e::metrics::Scrape| scrape.get("iotbridge_sessions_paced", &[]);
+    let paced = |scrape: &Scrape| scrape.get("iotbridge_sessions_paced", &[]);
     let meta = simple_meta("meter", &["n"]);
     let mut device = ManualDevice::start(&env.pki, &env.mosquitto, "meter-1", &meta).await?;
     env.wait_online(&["meter-1"], WAIT).await?;
     let mut client = env.connect("alice").await?;
     client.subscribe(&["meter-1"], "s1", WAIT).await?;
-    assert_eq!(paced(&env.metrics().await?), 0.0, "idle: nothing paced");
+    let before = env.metrics().await?;
+    assert_eq!(paced(&before), 0.0, "idle: nothing paced");
 
     // Telemetry every 20 ms while the runtime is saturated, until the session has been seen
     // pacing and at least MESSAGES were sent.
@@ -66,6 +76,13 @@ async fn a_saturated_bridge_batches_telemetry_and_loses_none() -> Result<(), E2e
         let _ = hog.await;
     }
     assert!(was_paced, "the session never paced in {sent} messages");
+    // Sent 20 ms apart, written at most once per 40 ms: paced writes carry two frames or more.
+    // Unpaced, each message is written on its own.
+    let batched = batched_writes(&env.metrics().await?) - batched_writes(&before);
+    assert!(
+        batched >= 3.0,
+        "{batched} writes of several frames while paced"
+    );
 
     let mut seen = Vec::new();
     while seen.len() < sent as usize {
