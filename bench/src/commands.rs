@@ -20,7 +20,7 @@ use crate::clients::{connect_bridge, connect_peer, drain_packets, Side, Ws};
 use crate::mqtt::{self, Packet, QoS};
 use crate::recorder::histogram;
 use crate::rig::Rig;
-use crate::telemetry::{now_ns, parse_bridge};
+use crate::telemetry::{now_ns, parse_bridge, AckResult};
 use crate::BenchError;
 
 /// How long after the last command its answer may still come.
@@ -33,6 +33,31 @@ pub struct CommandReport {
     /// Answered with anything but `ok` (rejected, timeout, offline, an error).
     pub failed: u64,
     pub latency: Histogram<u64>,
+    /// The two legs of each round trip: client to device, device back to client.
+    pub legs: Legs,
+}
+
+/// A round trip split at the device, which stamps when the command reached it.
+#[derive(Debug, Clone)]
+pub struct Legs {
+    pub to_device: Histogram<u64>,
+    pub from_device: Histogram<u64>,
+}
+
+impl Default for Legs {
+    fn default() -> Self {
+        Legs {
+            to_device: histogram(),
+            from_device: histogram(),
+        }
+    }
+}
+
+impl Legs {
+    pub fn add(&mut self, other: &Legs) {
+        let _ = self.to_device.add(&other.to_device);
+        let _ = self.from_device.add(&other.from_device);
+    }
 }
 
 impl CommandReport {
@@ -45,16 +70,45 @@ impl CommandReport {
 struct Sent(Vec<AtomicU64>);
 
 impl Sent {
-    fn latency(&self, k: u64) -> Option<u64> {
+    /// When command `k` went, once: a second answer to it finds nothing.
+    fn take(&self, k: u64) -> Option<u64> {
         let t = self.0.get(k as usize)?.swap(0, Ordering::Relaxed);
-        (t != 0).then(|| now_ns().saturating_sub(t).max(1))
+        (t != 0).then_some(t)
     }
 }
 
-#[derive(Default)]
 struct Tally {
     ok: u64,
     failed: u64,
+    latency: Histogram<u64>,
+    legs: Legs,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            ok: 0,
+            failed: 0,
+            latency: histogram(),
+            legs: Legs::default(),
+        }
+    }
+}
+
+impl Tally {
+    /// Command `k` answered `ok` now; `at_device` is the device's stamp (0 if it sent none).
+    fn answered(&mut self, sent: &Sent, k: u64, at_device: u64) {
+        let Some(t0) = sent.take(k) else { return };
+        let now = now_ns();
+        let latency = now.saturating_sub(t0).max(1);
+        self.latency.saturating_record(latency);
+        if (t0..=now).contains(&at_device) {
+            let legs = &mut self.legs;
+            legs.to_device.saturating_record((at_device - t0).max(1));
+            legs.from_device.saturating_record((now - at_device).max(1));
+        }
+        self.ok += 1;
+    }
 }
 
 /// Runs `rate` commands per second for `duration`, round robin over `devices`, on `side`.
@@ -67,7 +121,6 @@ pub async fn run(
 ) -> Result<CommandReport, BenchError> {
     let total = (rate * duration.as_secs_f64()).round() as u64;
     let sent = Arc::new(Sent((0..total).map(|_| AtomicU64::new(0)).collect()));
-    let mut latency = histogram();
     let mut tally = Tally::default();
     let done = |t: &Tally| t.ok + t.failed >= total;
     match side {
@@ -103,10 +156,7 @@ pub async fn run(
                 match (m.kind.as_ref(), m.status.as_deref()) {
                     ("command_status", Some("accepted" | "sent")) => {}
                     ("command_status", Some("ok")) => {
-                        if let Some(l) = sent.latency(k) {
-                            latency.saturating_record(l);
-                            tally.ok += 1;
-                        }
+                        tally.answered(&sent, k, m.result.unwrap_or_default().t_ns);
                     }
                     _ => tally.failed += 1,
                 }
@@ -141,6 +191,8 @@ pub async fn run(
             struct Ack {
                 id: String,
                 ok: bool,
+                #[serde(default)]
+                result: Option<AckResult>,
             }
             let mut out = BytesMut::new();
             while !done(&tally) {
@@ -161,13 +213,10 @@ pub async fn run(
                         let Some(k) = ack.id.strip_prefix('p').and_then(|k| k.parse().ok()) else {
                             return Ok(());
                         };
-                        match (ack.ok, sent.latency(k)) {
-                            (true, Some(l)) => {
-                                latency.saturating_record(l);
-                                tally.ok += 1;
-                            }
-                            (false, _) => tally.failed += 1,
-                            (true, None) => {}
+                        if ack.ok {
+                            tally.answered(&sent, k, ack.result.unwrap_or_default().t_ns);
+                        } else {
+                            tally.failed += 1;
                         }
                     }
                     Ok(())
@@ -186,7 +235,8 @@ pub async fn run(
         sent: total,
         ok: tally.ok,
         failed: tally.failed,
-        latency,
+        latency: tally.latency,
+        legs: tally.legs,
     })
 }
 
@@ -243,4 +293,43 @@ async fn send_paced_shared(
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent_at(times: &[u64]) -> Sent {
+        Sent(times.iter().map(|&t| AtomicU64::new(t)).collect())
+    }
+
+    #[test]
+    fn an_answer_splits_at_the_device_stamp_and_counts_once() {
+        let t0 = now_ns();
+        let sent = sent_at(&[t0, 0]);
+        let mut tally = Tally::default();
+        tally.answered(&sent, 0, t0 + 1);
+        // The same command again, one never sent, one out of range: nothing more is recorded.
+        tally.answered(&sent, 0, t0 + 1);
+        tally.answered(&sent, 1, t0 + 1);
+        tally.answered(&sent, 7, t0 + 1);
+        assert_eq!(tally.ok, 1);
+        assert_eq!(tally.latency.len(), 1);
+        assert_eq!(tally.legs.to_device.len(), 1);
+        assert_eq!(tally.legs.from_device.len(), 1);
+        let to = tally.legs.to_device.max();
+        assert!(to <= 2, "to the device took the stamp's 1 ns, got {to}");
+    }
+
+    #[test]
+    fn a_stamp_outside_the_round_trip_is_not_split() {
+        let t0 = now_ns();
+        let sent = sent_at(&[t0, t0]);
+        let mut tally = Tally::default();
+        tally.answered(&sent, 0, 0); // no stamp
+        tally.answered(&sent, 1, t0 + 3_600_000_000_000); // a clock from elsewhere
+        assert_eq!((tally.ok, tally.latency.len()), (2, 2));
+        assert_eq!(tally.legs.to_device.len(), 0);
+        assert_eq!(tally.legs.from_device.len(), 0);
+    }
 }

@@ -235,7 +235,12 @@ async fn answer_commands(
                 }
                 if let Ok(cmd) = serde_json::from_slice::<Cmd>(payload) {
                     pid = pid.checked_add(1).unwrap_or(1);
-                    let ack = format!(r#"{{"id":"{}","ok":true,"result":{{"on":true}}}}"#, cmd.id);
+                    // When the command arrived, so the client can split its round trip in two.
+                    let ack = format!(
+                        r#"{{"id":"{}","ok":true,"result":{{"on":true,"t_ns":{}}}}}"#,
+                        cmd.id,
+                        now_ns()
+                    );
                     mqtt::publish(
                         &mut out,
                         &ack_topic,

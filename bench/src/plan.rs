@@ -190,6 +190,7 @@ fn merge_commands(into: &mut Option<Commands>, c: Commands) {
             m.commands.ok += c.commands.ok;
             m.commands.failed += c.commands.failed;
             let _ = m.commands.latency.add(&c.commands.latency);
+            m.commands.legs.add(&c.commands.legs);
             m.telemetry.merge(&c.telemetry);
         }
         None => *into = Some(c),
@@ -265,10 +266,12 @@ pub async fn run(
                     );
                     let (t, c) = (t?, c?);
                     log(format!(
-                        "(e) round {round} {side:?}: {} commands, {} ok, {} failed, p50 {:.2} ms, p99 {:.2} ms; telemetry {}",
+                        "(e) round {round} {side:?}: {} commands, {} ok, {} failed, p50 {:.2} ms, p99 {:.2} ms (to the device p50 {:.2} ms, back p50 {:.2} ms); telemetry {}",
                         c.sent, c.ok, c.failed,
                         c.latency.value_at_quantile(0.5) as f64 / 1e6,
                         c.latency.value_at_quantile(0.99) as f64 / 1e6,
+                        c.legs.to_device.value_at_quantile(0.5) as f64 / 1e6,
+                        c.legs.from_device.value_at_quantile(0.5) as f64 / 1e6,
                         describe(&t)
                     ));
                     merge_commands(

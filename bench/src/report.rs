@@ -385,6 +385,25 @@ fn command_rows(rows: &mut Vec<Row>, e: &Pair<Commands>) {
         target: "<= 3 ms",
         met: Some(b99 <= Duration::from_millis(3)),
     });
+    let legs = |c: &crate::commands::CommandReport| {
+        let (to, back) = (&c.legs.to_device, &c.legs.from_device);
+        format!(
+            "{} / {} (p99 {} / {})",
+            ms(q(to, 0.5)),
+            ms(q(back, 0.5)),
+            ms(q(to, 0.99)),
+            ms(q(back, 0.99))
+        )
+    };
+    rows.push(Row {
+        id: "e",
+        measure: "p50 to the device / back to the client".into(),
+        bridge: legs(b),
+        peer: p.map_or("-".into(), legs),
+        ratio: String::new(),
+        target: "(reported)",
+        met: None,
+    });
     let answered = |c: &crate::commands::CommandReport| format!("{}/{} ok", c.ok, c.sent);
     rows.push(Row {
         id: "e",

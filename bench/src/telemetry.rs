@@ -86,9 +86,20 @@ pub struct BridgeMsg<'a> {
     pub req: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub status: Option<Cow<'a, str>>,
+    /// `command_status` `ok`: what the device answered.
+    #[serde(default)]
+    pub result: Option<AckResult>,
     /// `welcome`: whether the bridge's broker link is up.
     #[serde(default, borrow)]
     pub broker: Option<Cow<'a, str>>,
+}
+
+/// The benchmark devices' answer to a command: `t_ns` is when the command reached the device,
+/// on the benchmark process's clock (see [`now_ns`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct AckResult {
+    #[serde(default)]
+    pub t_ns: u64,
 }
 
 pub fn parse_bridge(text: &str) -> Option<BridgeMsg<'_>> {
@@ -134,6 +145,13 @@ mod tests {
         assert_eq!(
             (m.req.as_deref(), m.status.as_deref()),
             (Some("c7"), Some("ok"))
+        );
+        assert_eq!(m.result, Some(AckResult { t_ns: 0 }));
+        let c =
+            r#"{"type":"command_status","req":"c8","status":"ok","result":{"on":true,"t_ns":42}}"#;
+        assert_eq!(
+            parse_bridge(c).unwrap().result,
+            Some(AckResult { t_ns: 42 })
         );
         assert!(parse_bridge("not json").is_none());
     }

@@ -102,6 +102,12 @@ async fn every_message_is_delivered_and_every_command_answered() {
         assert_eq!(c.commands.sent, sent, "(e) {side}");
         assert_eq!(c.commands.ok, sent, "(e) {side}: every command answered ok");
         assert_eq!(c.commands.failed, 0, "(e) {side}");
+        let legs = &c.commands.legs;
+        assert_eq!(
+            (legs.to_device.len(), legs.from_device.len()),
+            (sent, sent),
+            "(e) {side}: every answer carried the device's stamp, so every round trip splits"
+        );
         assert_eq!(
             c.telemetry.delivered, c.telemetry.expected,
             "(e) {side}: telemetry meanwhile"
