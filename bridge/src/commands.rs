@@ -3,13 +3,20 @@
 //! Life of a command: `accepted` (checked, in the table) -> `sent` (handed to the broker link)
 //! -> one final status: `ok` / `rejected` (the device's ack), `timeout`, or `offline`.
 //! Every final status is written to the `audit` log target with the requester's identity.
+//!
+//! Deadlines live in the table beside the commands, in order, and one task ([`Commands::expire`])
+//! sleeps until the earliest: no task or timer per command, and an answered command's deadline
+//! leaves with it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -20,10 +27,28 @@ use crate::protocol::{CommandStatus, Presence, ServerMsg, Wire};
 
 #[derive(Debug)]
 pub struct Commands {
-    inner: Mutex<HashMap<String, Pending>>,
+    inner: Mutex<Table>,
+    /// Wakes [`Commands::expire`] when a deadline earlier than all others enters.
+    earlier: Notify,
     instance: String,
     next: AtomicU64,
     metrics: Arc<Metrics>,
+}
+
+/// The commands in flight by id, and their deadlines in order (`(deadline, n)` -> id).
+#[derive(Debug, Default)]
+struct Table {
+    pending: HashMap<String, Pending>,
+    deadlines: BTreeMap<(Instant, u64), String>,
+}
+
+impl Table {
+    /// Takes a command out, with its deadline.
+    fn remove(&mut self, id: &str) -> Option<Pending> {
+        let p = self.pending.remove(id)?;
+        self.deadlines.remove(&p.deadline);
+        Some(p)
+    }
 }
 
 #[derive(Debug)]
@@ -36,6 +61,9 @@ struct Pending {
     outbox: Arc<Outbox>,
     wire: Wire,
     started: Instant,
+    timeout: Duration,
+    /// Its key in [`Table::deadlines`]: when it times out, and its number.
+    deadline: (Instant, u64),
 }
 
 /// A command as a session hands it over, already decoded.
@@ -65,7 +93,8 @@ pub enum CommandError {
 impl Commands {
     pub fn new(instance: &str, metrics: Arc<Metrics>) -> Arc<Commands> {
         Arc::new(Commands {
-            inner: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Table::default()),
+            earlier: Notify::new(),
             instance: instance.to_owned(),
             next: AtomicU64::new(1),
             metrics,
@@ -87,12 +116,12 @@ impl Commands {
             .command_done(status, p.started.elapsed().as_secs_f64());
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
+    fn lock(&self) -> MutexGuard<'_, Table> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn in_flight(&self) -> usize {
-        self.lock().len()
+        self.lock().pending.len()
     }
 
     /// Checks a command, and either answers it at once (`offline`) or publishes it and starts
@@ -112,7 +141,6 @@ impl Commands {
         let presence = hub
             .presence(&r.device)
             .ok_or_else(|| CommandError::UnknownDevice(r.device.clone()))?;
-        let timeout = r.timeout;
         let (id, pending) = self.enter(r);
         let offline_reason = match presence {
             Presence::Stale => Some("the bridge's link to the broker is down"),
@@ -132,7 +160,7 @@ impl Commands {
         .to_string();
 
         // Publishing under the table lock orders `sent` before any ack can be matched.
-        let mut table = self.lock();
+        let table = self.lock();
         if let Err(e) = link.try_publish_command(&pending.device, payload) {
             drop(table);
             let reason = format!("broker link cannot take the command: {e}");
@@ -140,28 +168,80 @@ impl Commands {
             return Ok(());
         }
         push_status(&pending, &id, CommandStatus::Sent, None, None);
-        table.insert(id.clone(), pending);
-        drop(table);
+        self.track(table, id, pending);
+        Ok(())
+    }
 
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
+    /// Enters a sent command (`table` is the lock, held since its publish) and wakes
+    /// [`Commands::expire`] if its deadline comes before every other.
+    fn track(&self, mut table: MutexGuard<'_, Table>, id: String, pending: Pending) {
+        let key = pending.deadline;
+        let earliest = table
+            .deadlines
+            .first_key_value()
+            .is_none_or(|(k, _)| key < *k);
+        table.deadlines.insert(key, id.clone());
+        table.pending.insert(id, pending);
+        drop(table);
+        if earliest {
+            self.earlier.notify_one();
+        }
+    }
+
+    /// Times out commands at their deadlines until `stop`: the one task that does.
+    pub async fn expire(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            // Registered before the table is read: a deadline entering after the read still
+            // wakes this loop.
+            let earlier = self.earlier.notified();
+            tokio::pin!(earlier);
+            earlier.as_mut().enable();
+            let next = self.lock().deadlines.first_key_value().map(|(k, _)| k.0);
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = earlier => continue,
+                _ = sleep => {}
+            }
+            self.expire_due(Instant::now());
+        }
+    }
+
+    /// Concludes every command whose deadline is `now` or earlier with `timeout`.
+    fn expire_due(&self, now: Instant) {
+        let due: Vec<(String, Pending)> = {
+            let mut table = self.lock();
+            let mut due = Vec::new();
+            while let Some(entry) = table.deadlines.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let id = entry.remove();
+                if let Some(p) = table.pending.remove(&id) {
+                    due.push((id, p));
+                }
+            }
+            due
+        };
+        for (id, p) in due {
             let reason = format!(
                 "no answer from the device within {} ms",
-                timeout.as_millis()
+                p.timeout.as_millis()
             );
-            this.finish(&id, CommandStatus::Timeout, None, Some(&reason));
-        });
-        Ok(())
+            self.conclude(&p, &id, CommandStatus::Timeout, None, Some(&reason));
+        }
     }
 
     /// Gives a request its command id (`{instance}-{n}`) and starts its clock.
     fn enter(&self, r: CommandRequest) -> (String, Pending) {
-        let id = format!(
-            "{}-{}",
-            self.instance,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        );
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", self.instance);
+        let started = Instant::now();
         let pending = Pending {
             req: r.req,
             device: r.device,
@@ -170,7 +250,9 @@ impl Commands {
             identity: r.identity,
             outbox: r.outbox,
             wire: r.wire,
-            started: Instant::now(),
+            started,
+            timeout: r.timeout,
+            deadline: (started + r.timeout, n),
         };
         (id, pending)
     }
@@ -187,7 +269,7 @@ impl Commands {
         // Checked and taken under one lock: the timeout cannot conclude it in between.
         let pending = {
             let mut table = self.lock();
-            match table.get(&ack.id) {
+            match table.pending.get(&ack.id) {
                 Some(p) if p.device == device => table.remove(&ack.id),
                 Some(p) => {
                     tracing::warn!(device, expected = %p.device, id = %ack.id, "ack from the wrong device ignored");
@@ -214,17 +296,13 @@ impl Commands {
         );
     }
 
-    /// Gives a command its final status, once; later calls for the same id do nothing.
-    fn finish(&self, id: &str, status: CommandStatus, result: Option<&Value>, error: Option<&str>) {
-        let Some(p) = self.lock().remove(id) else {
-            return;
-        };
-        self.conclude(&p, id, status, result, error);
-    }
-
     /// Ends every command in flight (shutdown): the requesters get a final `offline`.
     pub fn fail_all(&self, reason: &str) {
-        let all: Vec<(String, Pending)> = self.lock().drain().collect();
+        let all: Vec<(String, Pending)> = {
+            let mut table = self.lock();
+            table.deadlines.clear();
+            table.pending.drain().collect()
+        };
         for (id, p) in all {
             self.conclude(&p, &id, CommandStatus::Offline, None, Some(reason));
         }
@@ -263,4 +341,129 @@ fn audit(p: &Pending, id: &str, status: CommandStatus, error: Option<&str>) {
         latency_ms = p.started.elapsed().as_millis() as u64,
         "command"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commands() -> Arc<Commands> {
+        Commands::new("t", Arc::new(Metrics::new()))
+    }
+
+    /// Enters a command as `start` does once it is published, and returns its id.
+    fn sent(commands: &Commands, outbox: &Arc<Outbox>, device: &str, timeout_ms: u64) -> String {
+        let (id, pending) = commands.enter(CommandRequest {
+            req: Some(Value::from(device)),
+            identity: Arc::from("alice"),
+            device: device.to_owned(),
+            action: "set".to_owned(),
+            params: Map::new(),
+            timeout: Duration::from_millis(timeout_ms),
+            outbox: outbox.clone(),
+            wire: Wire::Json,
+        });
+        commands.track(commands.lock(), id.clone(), pending);
+        id
+    }
+
+    /// `(device, status)` of every command status queued in `outbox`.
+    fn statuses(outbox: &Outbox) -> Vec<(String, String)> {
+        let mut frames = Vec::new();
+        outbox.drain(&mut frames, usize::MAX, usize::MAX);
+        frames
+            .iter()
+            .map(|f| serde_json::from_str::<Value>(&f.json()).unwrap())
+            .map(|m| (m["device"].to_string(), m["status"].to_string()))
+            .map(|(d, s)| {
+                (
+                    d.trim_matches('"').to_owned(),
+                    s.trim_matches('"').to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn ack(id: &str) -> Ack {
+        Ack {
+            id: id.to_owned(),
+            ok: true,
+            result: None,
+            error: None,
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_command_times_out_at_its_own_deadline_and_an_answered_one_never() {
+        let commands = commands();
+        let outbox = Outbox::new(100, usize::MAX);
+        let stop = CancellationToken::new();
+        let expiry = tokio::spawn(commands.clone().expire(stop.clone()));
+        let t0 = Instant::now();
+        // The long one first: the short one must wake the task sleeping on the long deadline.
+        sent(&commands, &outbox, "slow", 5_000);
+        settle().await;
+        sent(&commands, &outbox, "mute", 300);
+        let answered = sent(&commands, &outbox, "quick", 200);
+        commands.on_ack("quick", ack(&answered));
+        assert_eq!(statuses(&outbox), [("quick".into(), "ok".into())]);
+
+        tokio::time::sleep_until(t0 + Duration::from_millis(299)).await;
+        settle().await;
+        assert_eq!(statuses(&outbox), []);
+        tokio::time::sleep_until(t0 + Duration::from_millis(300)).await;
+        settle().await;
+        assert_eq!(statuses(&outbox), [("mute".into(), "timeout".into())]);
+        assert_eq!(commands.in_flight(), 1);
+        // The answered command's deadline left with it.
+        assert_eq!(commands.lock().deadlines.len(), 1);
+
+        tokio::time::sleep_until(t0 + Duration::from_millis(5_000)).await;
+        settle().await;
+        assert_eq!(statuses(&outbox), [("slow".into(), "timeout".into())]);
+        assert_eq!(commands.in_flight(), 0);
+        assert!(commands.lock().deadlines.is_empty());
+
+        stop.cancel();
+        expiry.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_after_the_timeout_changes_nothing() {
+        let commands = commands();
+        let outbox = Outbox::new(100, usize::MAX);
+        let stop = CancellationToken::new();
+        tokio::spawn(commands.clone().expire(stop.clone()));
+        let id = sent(&commands, &outbox, "late", 100);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        settle().await;
+        commands.on_ack("late", ack(&id));
+        assert_eq!(statuses(&outbox), [("late".into(), "timeout".into())]);
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_every_command_offline_and_clears_the_deadlines() {
+        let commands = commands();
+        let outbox = Outbox::new(100, usize::MAX);
+        sent(&commands, &outbox, "a", 1_000);
+        sent(&commands, &outbox, "b", 2_000);
+        commands.fail_all("bridge shutting down");
+        let mut got = statuses(&outbox);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("a".into(), "offline".into()),
+                ("b".into(), "offline".into())
+            ]
+        );
+        assert!(commands.lock().deadlines.is_empty());
+    }
 }

@@ -200,6 +200,7 @@ pub async fn run_with(
     let keepalive =
         keepalive::Keepalive::new(Duration::from_secs(config.limits.ping_interval_secs));
     tokio::spawn(keepalive.clone().run(stop_link.clone()));
+    tokio::spawn(commands.clone().expire(stop_link.clone()));
 
     let grace = config.grace();
     let config_rate = (config.limits.command_rate, config.limits.command_burst);

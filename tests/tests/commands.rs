@@ -5,6 +5,8 @@
 use std::time::{Duration, Instant};
 
 use device_sim::Kind;
+use e2e::metrics::Scrape;
+use e2e::mqtt::{simple_meta, ManualDevice};
 use e2e::{E2eError, TestEnv, WsClient};
 use serde_json::{json, Value};
 
@@ -123,6 +125,67 @@ async fn invalid_params_are_rejected_with_the_devices_reason() -> Result<(), E2e
         "the device's own reason: {reason:?}"
     );
     assert_eq!(device.state(), before, "a rejected command changes nothing");
+    env.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_never_answers_times_out_at_each_commands_own_deadline(
+) -> Result<(), E2eError> {
+    let env = TestEnv::new().devices(0).start().await?;
+    let meta = simple_meta("relay", &["t"]);
+    let mut mute = ManualDevice::start(&env.pki, &env.mosquitto, "mute-1", &meta).await?;
+    env.wait_online(&["mute-1"], WAIT).await?;
+    let mut client = env.connect("alice").await?;
+    let timeouts = |s: &Scrape| {
+        s.get(
+            "iotbridge_command_duration_seconds_count",
+            &[("outcome", "timeout")],
+        )
+    };
+    let before = env.metrics().await?;
+
+    // A long deadline first, then a short one: the short one must not wait for the long one.
+    let with_timeout = |req: &str, ms: u64| {
+        let mut cmd = set(req, "mute-1", json!({"on": true}));
+        cmd["timeout_ms"] = json!(ms);
+        cmd
+    };
+    client.send(&with_timeout("long", 4_000)).await?;
+    let sent = Instant::now();
+    client.send(&with_timeout("short", 300)).await?;
+    let short = statuses(&mut client, "short").await?;
+    let waited = sent.elapsed();
+    assert_eq!(names(&short), ["accepted", "sent", "timeout"], "{short:?}");
+    assert!(
+        short[2]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("within 300 ms")),
+        "{short:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(2_000),
+        "the 300 ms deadline came after {waited:?}"
+    );
+    // The device got both, in order (one link, QoS 1); it answers the timed-out one late and
+    // the long one in time.
+    let long_cmd = mute.next_command(WAIT).await?;
+    let short_cmd = mute.next_command(WAIT).await?;
+    mute.ack(&short_cmd, &json!({"on": true})).await?;
+    mute.ack(&long_cmd, &json!({"on": true})).await?;
+    let long = statuses(&mut client, "long").await?;
+    assert_eq!(names(&long), ["accepted", "sent", "ok"], "{long:?}");
+    // The late answer to "short" produced nothing: the next reply is the pong.
+    let pong = client
+        .request(&json!({"type": "ping", "req": "p1"}), WAIT)
+        .await?;
+    assert_eq!(pong["type"], "pong");
+    assert!(
+        client.backlog().all(|m| m["req"] != "short"),
+        "nothing more for the timed-out command: {:?}",
+        client.backlog().collect::<Vec<_>>()
+    );
+    let after = env.metrics().await?;
+    assert_eq!(timeouts(&after) - timeouts(&before), 1.0);
     env.shutdown().await
 }
 
