@@ -1,6 +1,13 @@
 //! Command round trips, open loop: a client sends commands on a fixed schedule and times each
 //! from its send to the device's answer.
 //!
+//! The schedule is `rate` a second, each command shifted by its own share of `spread` (the
+//! telemetry interval running meanwhile), so that commands land at every phase of the telemetry
+//! stream. On a plain `k / rate` schedule the two periodic streams lock at one phase for a whole
+//! round: whether each command met a fan-out on its way to the device, on its way back or not
+//! at all was decided by when the round started, and the medians of two rounds differed by
+//! half a millisecond for that alone.
+//!
 //! Bridge side: `command` over the bridge's WebSocket, answered by `command_status` `ok`.
 //! Peer side: what a browser would do with MQTT over WebSockets: publish QoS 1 to
 //! `iot/{id}/cmd` and wait for the device's QoS 1 publish on `iot/{id}/ack`.
@@ -111,12 +118,23 @@ impl Tally {
     }
 }
 
-/// Runs `rate` commands per second for `duration`, round robin over `devices`, on `side`.
+/// When command `k` is due, from the start: `k / rate` plus its share of `spread` (at most the
+/// interval between commands, so they stay in order). The shares follow the golden ratio's
+/// multiples, which cover `[0, 1)` evenly for any run length.
+fn due(k: u64, rate: f64, spread: Duration) -> Duration {
+    let interval = 1.0 / rate;
+    let share = (k as f64 * 0.618_033_988_749_895).fract();
+    Duration::from_secs_f64(k as f64 * interval + share * spread.as_secs_f64().min(interval))
+}
+
+/// Runs `rate` commands per second for `duration`, round robin over `devices`, on `side`,
+/// spread over the phases of a stream with period `spread` (see the module documentation).
 pub async fn run(
     rig: &Rig,
     side: Side,
     devices: &[String],
     rate: f64,
+    spread: Duration,
     duration: Duration,
 ) -> Result<CommandReport, BenchError> {
     let total = (rate * duration.as_secs_f64()).round() as u64;
@@ -131,7 +149,7 @@ pub async fn run(
                 sink,
                 sent.clone(),
                 total,
-                rate,
+                (rate, spread),
                 devices.to_vec(),
                 bridge_command,
             ));
@@ -183,7 +201,7 @@ pub async fn run(
                 sink.clone(),
                 sent.clone(),
                 total,
-                rate,
+                (rate, spread),
                 devices.to_vec(),
             ));
             let deadline = tokio::time::Instant::now() + duration + ANSWER_GRACE;
@@ -246,18 +264,18 @@ fn bridge_command(k: u64, device: &str) -> Message {
     ))
 }
 
-/// Sends command `k` at `start + k / rate`, recording when it went.
+/// Sends command `k` when [`due`], recording when it went.
 async fn send_paced(
     mut sink: SplitSink<Ws, Message>,
     sent: Arc<Sent>,
     total: u64,
-    rate: f64,
+    (rate, spread): (f64, Duration),
     devices: Vec<String>,
     make: fn(u64, &str) -> Message,
 ) -> Result<(), BenchError> {
     let start = tokio::time::Instant::now();
     for k in 0..total {
-        tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate)).await;
+        tokio::time::sleep_until(start + due(k, rate, spread)).await;
         let device = &devices[(k as usize) % devices.len().max(1)];
         sent.0[k as usize].store(now_ns(), Ordering::Relaxed);
         sink.send(make(k, device)).await?;
@@ -269,13 +287,13 @@ async fn send_paced_shared(
     sink: Arc<Mutex<SplitSink<Ws, Message>>>,
     sent: Arc<Sent>,
     total: u64,
-    rate: f64,
+    (rate, spread): (f64, Duration),
     devices: Vec<String>,
 ) -> Result<(), BenchError> {
     let start = tokio::time::Instant::now();
     let mut out = BytesMut::new();
     for k in 0..total {
-        tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate)).await;
+        tokio::time::sleep_until(start + due(k, rate, spread)).await;
         let device = &devices[(k as usize) % devices.len().max(1)];
         let cmd = format!(r#"{{"id":"p{k}","action":"set","params":{{"on":true}}}}"#);
         mqtt::publish(
@@ -319,6 +337,31 @@ mod tests {
         assert_eq!(tally.legs.from_device.len(), 1);
         let to = tally.legs.to_device.max();
         assert!(to <= 2, "to the device took the stamp's 1 ns, got {to}");
+    }
+
+    #[test]
+    fn commands_cover_every_phase_of_the_telemetry_and_stay_in_order() {
+        let (rate, spread) = (100.0, Duration::from_millis(5));
+        let mut buckets = [0u32; 5];
+        let mut last = Duration::ZERO;
+        for k in 0..600 {
+            let at = due(k, rate, spread);
+            assert!(
+                k == 0 || at > last,
+                "command {k} before the one ahead of it"
+            );
+            let slot = at - Duration::from_millis(10 * k);
+            assert!(slot < spread, "command {k} shifted by {slot:?}");
+            buckets[(slot.as_micros() / 1000) as usize] += 1;
+            last = at;
+        }
+        // 600 commands over five 1 ms phases: each near 120.
+        assert!(
+            buckets.iter().all(|&n| (100..=140).contains(&n)),
+            "{buckets:?}"
+        );
+        // A spread wider than the interval is cut to it: order holds.
+        assert!(due(1, 100.0, Duration::from_secs(1)) < due(2, 100.0, Duration::from_secs(1)));
     }
 
     #[test]

@@ -261,6 +261,7 @@ pub async fn run(
                             side,
                             &devices.ids,
                             plan.command_rate,
+                            Duration::from_secs_f64(1.0 / plan.latency_rate),
                             secs(plan.latency_secs)
                         ),
                     );
