@@ -71,6 +71,30 @@ impl CommandReport {
     pub fn unanswered(&self) -> u64 {
         self.sent.saturating_sub(self.ok + self.failed)
     }
+
+    /// Adds another round's counts and histograms.
+    pub fn merge(&mut self, other: &CommandReport) {
+        self.sent += other.sent;
+        self.ok += other.ok;
+        self.failed += other.failed;
+        let _ = self.latency.add(&other.latency);
+        self.legs.add(&other.legs);
+    }
+
+    /// One line for the run's log.
+    pub fn describe(&self) -> String {
+        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e6;
+        format!(
+            "{} commands, {} ok, {} failed, p50 {:.2} ms, p99 {:.2} ms (to the device p50 {:.2} ms, back p50 {:.2} ms)",
+            self.sent,
+            self.ok,
+            self.failed,
+            ms(&self.latency, 0.5),
+            ms(&self.latency, 0.99),
+            ms(&self.legs.to_device, 0.5),
+            ms(&self.legs.from_device, 0.5),
+        )
+    }
 }
 
 /// Send times by command number; 0 while not sent yet.

@@ -47,6 +47,9 @@ pub struct Plan {
     pub latency_secs: f64,
     pub rounds: usize,
     pub command_rate: f64,
+    /// Scenario (e): seconds per round of commands with no telemetry flowing, before the
+    /// loaded ones: the round trip's floor on this host.
+    pub quiet_secs: f64,
     pub b1: FanOut,
     pub b2: FanOut,
     pub b3: FanOut,
@@ -78,6 +81,7 @@ impl Plan {
             latency_secs: 6.0,
             rounds: 2,
             command_rate: 100.0,
+            quiet_secs: 3.0,
             b1: FanOut {
                 clients: 1,
                 rate: 2000.0,
@@ -120,6 +124,7 @@ impl Plan {
             latency_secs: 1.0,
             rounds: 1,
             command_rate: 20.0,
+            quiet_secs: 1.0,
             b1: FanOut {
                 clients: 1,
                 rate: 200.0,
@@ -153,11 +158,13 @@ pub struct Pair<T> {
     pub peer: Option<T>,
 }
 
-/// Scenario (e) on one side: the command round trips and the telemetry running meanwhile.
+/// Scenario (e) on one side: the command round trips and the telemetry running meanwhile, and
+/// the round trips with no telemetry at all.
 #[derive(Debug, Clone)]
 pub struct Commands {
     pub commands: CommandReport,
     pub telemetry: Trial,
+    pub quiet: CommandReport,
 }
 
 #[derive(Debug, Default)]
@@ -186,11 +193,8 @@ fn merge(into: &mut Option<Trial>, t: Trial) {
 fn merge_commands(into: &mut Option<Commands>, c: Commands) {
     match into {
         Some(m) => {
-            m.commands.sent += c.commands.sent;
-            m.commands.ok += c.commands.ok;
-            m.commands.failed += c.commands.failed;
-            let _ = m.commands.latency.add(&c.commands.latency);
-            m.commands.legs.add(&c.commands.legs);
+            m.commands.merge(&c.commands);
+            m.quiet.merge(&c.quiet);
             m.telemetry.merge(&c.telemetry);
         }
         None => *into = Some(c),
@@ -247,6 +251,20 @@ pub async fn run(
                     merge(&mut a[k], t);
                 }
                 if plan.has(Scenario::E) {
+                    let spread = Duration::from_secs_f64(1.0 / plan.latency_rate);
+                    let quiet = commands::run(
+                        rig,
+                        side,
+                        &devices.ids,
+                        plan.command_rate,
+                        spread,
+                        secs(plan.quiet_secs),
+                    )
+                    .await?;
+                    log(format!(
+                        "(e) round {round} {side:?}, no telemetry: {}",
+                        quiet.describe()
+                    ));
                     let (t, c) = tokio::join!(
                         trial(
                             rig,
@@ -261,18 +279,14 @@ pub async fn run(
                             side,
                             &devices.ids,
                             plan.command_rate,
-                            Duration::from_secs_f64(1.0 / plan.latency_rate),
+                            spread,
                             secs(plan.latency_secs)
                         ),
                     );
                     let (t, c) = (t?, c?);
                     log(format!(
-                        "(e) round {round} {side:?}: {} commands, {} ok, {} failed, p50 {:.2} ms, p99 {:.2} ms (to the device p50 {:.2} ms, back p50 {:.2} ms); telemetry {}",
-                        c.sent, c.ok, c.failed,
-                        c.latency.value_at_quantile(0.5) as f64 / 1e6,
-                        c.latency.value_at_quantile(0.99) as f64 / 1e6,
-                        c.legs.to_device.value_at_quantile(0.5) as f64 / 1e6,
-                        c.legs.from_device.value_at_quantile(0.5) as f64 / 1e6,
+                        "(e) round {round} {side:?}: {}; telemetry {}",
+                        c.describe(),
                         describe(&t)
                     ));
                     merge_commands(
@@ -280,6 +294,7 @@ pub async fn run(
                         Commands {
                             commands: c,
                             telemetry: t,
+                            quiet,
                         },
                     );
                 }

@@ -404,6 +404,30 @@ fn command_rows(rows: &mut Vec<Row>, e: &Pair<Commands>) {
         target: "(reported)",
         met: None,
     });
+    let (bq, pq) = (&e.bridge.quiet, e.peer.as_ref().map(|p| &p.quiet));
+    let floor = |c: &crate::commands::CommandReport| {
+        format!(
+            "{} / {} ({}/{} ok)",
+            ms(q(&c.latency, 0.5)),
+            ms(q(&c.latency, 0.99)),
+            c.ok,
+            c.sent
+        )
+    };
+    rows.push(Row {
+        id: "e",
+        measure: "round trip p50 / p99 with no telemetry flowing (the host's floor)".into(),
+        bridge: floor(bq),
+        peer: pq.map_or("-".into(), floor),
+        ratio: pq.map_or("-".into(), |p| {
+            ratio(
+                q(&bq.latency, 0.5).as_secs_f64(),
+                q(&p.latency, 0.5).as_secs_f64(),
+            )
+        }),
+        target: "(reported)",
+        met: None,
+    });
     let answered = |c: &crate::commands::CommandReport| format!("{}/{} ok", c.ok, c.sent);
     rows.push(Row {
         id: "e",

@@ -102,6 +102,12 @@ async fn every_message_is_delivered_and_every_command_answered() {
         assert_eq!(c.commands.sent, sent, "(e) {side}");
         assert_eq!(c.commands.ok, sent, "(e) {side}: every command answered ok");
         assert_eq!(c.commands.failed, 0, "(e) {side}");
+        let quiet = (plan.command_rate * plan.quiet_secs) as u64 * plan.rounds as u64;
+        assert_eq!(
+            (c.quiet.sent, c.quiet.ok, c.quiet.failed),
+            (quiet, quiet, 0),
+            "(e) {side}: every command with no telemetry answered ok"
+        );
         let legs = &c.commands.legs;
         assert_eq!(
             (legs.to_device.len(), legs.from_device.len()),
