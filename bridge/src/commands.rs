@@ -61,7 +61,6 @@ struct Pending {
     outbox: Arc<Outbox>,
     wire: Wire,
     started: Instant,
-    timeout: Duration,
     /// Its key in [`Table::deadlines`]: when it times out, and its number.
     deadline: (Instant, u64),
 }
@@ -229,9 +228,10 @@ impl Commands {
             due
         };
         for (id, p) in due {
+            let timeout = p.deadline.0 - p.started;
             let reason = format!(
                 "no answer from the device within {} ms",
-                p.timeout.as_millis()
+                timeout.as_millis()
             );
             self.conclude(&p, &id, CommandStatus::Timeout, None, Some(&reason));
         }
@@ -251,7 +251,6 @@ impl Commands {
             outbox: r.outbox,
             wire: r.wire,
             started,
-            timeout: r.timeout,
             deadline: (started + r.timeout, n),
         };
         (id, pending)
@@ -369,18 +368,11 @@ mod tests {
 
     /// `(device, status)` of every command status queued in `outbox`.
     fn statuses(outbox: &Outbox) -> Vec<(String, String)> {
-        let mut frames = Vec::new();
-        outbox.drain(&mut frames, usize::MAX, usize::MAX);
-        frames
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        outbox
+            .drain_json()
             .iter()
-            .map(|f| serde_json::from_str::<Value>(&f.json()).unwrap())
-            .map(|m| (m["device"].to_string(), m["status"].to_string()))
-            .map(|(d, s)| {
-                (
-                    d.trim_matches('"').to_owned(),
-                    s.trim_matches('"').to_owned(),
-                )
-            })
+            .map(|m| (text(&m["device"]), text(&m["status"])))
             .collect()
     }
 

@@ -27,15 +27,6 @@ fn session(hub: &Hub, readable: ReadScope) -> (SessionId, Arc<Outbox>) {
     (hub.register(outbox.clone(), Wire::Json, readable), outbox)
 }
 
-fn drain(outbox: &Outbox) -> Vec<Value> {
-    let mut frames = Vec::new();
-    outbox.drain(&mut frames, usize::MAX, usize::MAX);
-    frames
-        .iter()
-        .map(|f| serde_json::from_str(&f.json()).unwrap())
-        .collect()
-}
-
 fn subscribe(
     hub: &Hub,
     sid: SessionId,
@@ -78,7 +69,7 @@ fn snapshot_then_stream_without_gap_or_duplicate() {
     subscribe(&hub, sid, &["la*"], None, SubOptions::default());
     telemetry(&hub, "lamp", 2);
     telemetry(&hub, "plug", 2); // not subscribed
-    let got = drain(&outbox);
+    let got = outbox.drain_json();
     assert_eq!(got.len(), 2, "{got:?}");
     let snap = &got[0];
     assert_eq!(snap["type"], "snapshot");
@@ -97,14 +88,14 @@ fn new_device_reaches_matching_subscribers() {
     let hub = hub(100);
     let (sid, outbox) = session(&hub, all());
     subscribe(&hub, sid, &["*"], None, SubOptions::default());
-    drain(&outbox);
+    outbox.drain_json();
     hub.on_meta("fresh", Some(json!({"kind": "unknown-kind"})));
     telemetry(&hub, "fresh", 1);
-    let got = drain(&outbox);
+    let got = outbox.drain_json();
     assert_eq!(got[0]["type"], "device");
     assert_eq!(got[1]["seq"], 1);
     hub.on_meta("fresh", None);
-    assert_eq!(drain(&outbox)[0]["removed"], true);
+    assert_eq!(outbox.drain_json()[0]["removed"], true);
     assert_eq!(hub.presence("fresh"), None);
 }
 
@@ -117,7 +108,7 @@ fn resume_replays_exactly_what_was_missed() {
     let (sid, outbox) = session(&hub, all());
     subscribe(&hub, sid, &["a"], None, SubOptions::default());
     telemetry(&hub, "a", 4);
-    drain(&outbox);
+    outbox.drain_json();
     hub.unregister(sid); // the client goes away having seen seq 4
     for n in 5..=7 {
         telemetry(&hub, "a", n);
@@ -129,7 +120,7 @@ fn resume_replays_exactly_what_was_missed() {
     };
     subscribe(&hub, sid, &["a"], Some(Some(point)), SubOptions::default());
     telemetry(&hub, "a", 8);
-    let got = drain(&outbox);
+    let got = outbox.drain_json();
     assert_eq!(got[0]["recovered"], true);
     assert_eq!(got[0]["devices"][0]["seq"], 4);
     assert!(got[0]["devices"][0]["telemetry"].is_null());
@@ -153,7 +144,7 @@ fn resume_beyond_the_ring_or_from_another_epoch_is_a_fresh_snapshot() {
             seqs: [("a".to_string(), seq)].into(),
         };
         subscribe(&hub, sid, &["a"], Some(Some(point)), SubOptions::default());
-        let got = drain(&outbox);
+        let got = outbox.drain_json();
         assert_eq!(got.len(), 1, "{epoch}: only the snapshot");
         assert_eq!(got[0]["recovered"], false);
         assert_eq!(got[0]["devices"][0]["seq"], 10);
@@ -162,7 +153,7 @@ fn resume_beyond_the_ring_or_from_another_epoch_is_a_fresh_snapshot() {
     // An unreadable token is not a resume either.
     let (sid, outbox) = session(&hub, all());
     subscribe(&hub, sid, &["a"], Some(None), SubOptions::default());
-    assert_eq!(drain(&outbox)[0]["recovered"], false);
+    assert_eq!(outbox.drain_json()[0]["recovered"], false);
 }
 
 #[test]
@@ -176,7 +167,7 @@ fn fields_project_and_skip_messages_without_them() {
     subscribe(&hub, sid, &["s"], None, opts);
     tele(&hub, "s", json!({"t": 1, "h": 2}));
     tele(&hub, "s", json!({"h": 3}));
-    let got = drain(&outbox);
+    let got = outbox.drain_json();
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[1]["data"], json!({"t": 1}));
 }
@@ -191,7 +182,7 @@ fn read_scope_hides_devices_everywhere() {
     subscribe(&hub, sid, &["*"], None, SubOptions::default());
     telemetry(&hub, "theirs", 2);
     hub.on_meta("theirs-too", Some(json!({})));
-    let got = drain(&outbox);
+    let got = outbox.drain_json();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["devices"].as_array().unwrap().len(), 1);
     let list: Value = serde_json::from_str(&hub.list(None, &only_mine, Wire::Json).json()).unwrap();
@@ -206,7 +197,7 @@ fn read_scope_hides_devices_everywhere() {
     // Rights shrink at run time: the stream stops.
     hub.set_readable(sid, Arc::new(|_: &str| false));
     telemetry(&hub, "mine", 2);
-    assert!(drain(&outbox).is_empty());
+    assert!(outbox.drain_json().is_empty());
 }
 
 #[test]
@@ -238,9 +229,12 @@ fn broker_down_marks_presence_stale_and_tells_everyone() {
     hub.on_status("a", true);
     let (sid, outbox) = session(&hub, all());
     subscribe(&hub, sid, &["a"], None, SubOptions::default());
-    drain(&outbox);
+    outbox.drain_json();
     hub.set_broker_up(false);
-    assert_eq!(drain(&outbox), [json!({"type":"broker","status":"down"})]);
+    assert_eq!(
+        outbox.drain_json(),
+        [json!({"type":"broker","status":"down"})]
+    );
     assert_eq!(hub.presence("a"), Some(Presence::Stale));
     hub.set_broker_up(true);
     assert_eq!(
@@ -249,7 +243,7 @@ fn broker_down_marks_presence_stale_and_tells_everyone() {
         "not confirmed yet"
     );
     hub.on_status("a", true);
-    assert_eq!(drain(&outbox).last().unwrap()["presence"], "online");
+    assert_eq!(outbox.drain_json().last().unwrap()["presence"], "online");
 }
 
 #[test]
@@ -294,7 +288,7 @@ fn subscriber_lists_follow_subscribe_unsubscribe_acl_and_disconnect() {
     subscribe(&hub, s2, &["a-1", "b-*"], None, SubOptions::default());
     subscribe(&hub, s3, &["*"], None, SubOptions::default());
     let received = |o: &Outbox| -> Vec<String> {
-        drain(o)
+        o.drain_json()
             .iter()
             .filter(|m| m["type"] == "telemetry")
             .map(|m| m["device"].as_str().unwrap().to_owned())
@@ -306,7 +300,7 @@ fn subscriber_lists_follow_subscribe_unsubscribe_acl_and_disconnect() {
         }
     };
     for o in [&o1, &o2, &o3] {
-        drain(o);
+        o.drain_json();
     }
     round(1);
     assert_eq!(received(&o1), ["a-1", "a-2", "b-1"]);
@@ -370,13 +364,13 @@ fn gone_sessions_are_swept_from_device_lists() {
     telemetry(&hub, "a", 1);
     for (_, o) in &keep {
         assert_eq!(
-            drain(o).last().unwrap()["seq"],
+            o.drain_json().last().unwrap()["seq"],
             2,
             "live sessions still get telemetry"
         );
     }
     for (_, o) in &go {
-        assert!(drain(o).is_empty(), "a closed outbox takes nothing");
+        assert!(o.drain_json().is_empty(), "a closed outbox takes nothing");
     }
 }
 

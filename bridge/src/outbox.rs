@@ -403,6 +403,19 @@ impl Outbox {
 }
 
 #[cfg(test)]
+impl Outbox {
+    /// Takes every queued frame, as JSON: what a JSON client would be sent.
+    pub(crate) fn drain_json(&self) -> Vec<serde_json::Value> {
+        let mut frames = Vec::new();
+        self.drain(&mut frames, usize::MAX, usize::MAX);
+        frames
+            .iter()
+            .map(|f| serde_json::from_str(&f.json()).expect("frames are JSON"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
