@@ -68,8 +68,33 @@ impl Legs {
 }
 
 impl CommandReport {
+    /// Nothing answered yet of `sent` commands.
+    fn new(sent: u64) -> CommandReport {
+        CommandReport {
+            sent,
+            ok: 0,
+            failed: 0,
+            latency: histogram(),
+            legs: Legs::default(),
+        }
+    }
+
     pub fn unanswered(&self) -> u64 {
         self.sent.saturating_sub(self.ok + self.failed)
+    }
+
+    /// Command `k` answered `ok` now; `at_device` is the device's stamp (0 if it sent none).
+    fn answered(&mut self, sent: &Sent, k: u64, at_device: u64) {
+        let Some(t0) = sent.take(k) else { return };
+        let now = now_ns();
+        self.latency
+            .saturating_record(now.saturating_sub(t0).max(1));
+        if (t0..=now).contains(&at_device) {
+            let legs = &mut self.legs;
+            legs.to_device.saturating_record((at_device - t0).max(1));
+            legs.from_device.saturating_record((now - at_device).max(1));
+        }
+        self.ok += 1;
     }
 
     /// Adds another round's counts and histograms.
@@ -108,40 +133,6 @@ impl Sent {
     }
 }
 
-struct Tally {
-    ok: u64,
-    failed: u64,
-    latency: Histogram<u64>,
-    legs: Legs,
-}
-
-impl Default for Tally {
-    fn default() -> Self {
-        Tally {
-            ok: 0,
-            failed: 0,
-            latency: histogram(),
-            legs: Legs::default(),
-        }
-    }
-}
-
-impl Tally {
-    /// Command `k` answered `ok` now; `at_device` is the device's stamp (0 if it sent none).
-    fn answered(&mut self, sent: &Sent, k: u64, at_device: u64) {
-        let Some(t0) = sent.take(k) else { return };
-        let now = now_ns();
-        let latency = now.saturating_sub(t0).max(1);
-        self.latency.saturating_record(latency);
-        if (t0..=now).contains(&at_device) {
-            let legs = &mut self.legs;
-            legs.to_device.saturating_record((at_device - t0).max(1));
-            legs.from_device.saturating_record((now - at_device).max(1));
-        }
-        self.ok += 1;
-    }
-}
-
 /// When command `k` is due, from the start: `k / rate` plus its share of `spread` (at most the
 /// interval between commands, so they stay in order). The shares follow the golden ratio's
 /// multiples, which cover `[0, 1)` evenly for any run length.
@@ -163,8 +154,8 @@ pub async fn run(
 ) -> Result<CommandReport, BenchError> {
     let total = (rate * duration.as_secs_f64()).round() as u64;
     let sent = Arc::new(Sent((0..total).map(|_| AtomicU64::new(0)).collect()));
-    let mut tally = Tally::default();
-    let done = |t: &Tally| t.ok + t.failed >= total;
+    let mut report = CommandReport::new(total);
+    let done = |r: &CommandReport| r.unanswered() == 0;
     match side {
         Side::Bridge => {
             let (ws, _) = connect_bridge(rig.bridge.addr, None, &rig.certs.user).await?;
@@ -178,7 +169,7 @@ pub async fn run(
                 bridge_command,
             ));
             let deadline = tokio::time::Instant::now() + duration + ANSWER_GRACE;
-            while !done(&tally) {
+            while !done(&report) {
                 let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, stream.next()).await
                 else {
                     break;
@@ -198,9 +189,9 @@ pub async fn run(
                 match (m.kind.as_ref(), m.status.as_deref()) {
                     ("command_status", Some("accepted" | "sent")) => {}
                     ("command_status", Some("ok")) => {
-                        tally.answered(&sent, k, m.result.unwrap_or_default().t_ns);
+                        report.answered(&sent, k, m.result.unwrap_or_default().t_ns);
                     }
-                    _ => tally.failed += 1,
+                    _ => report.failed += 1,
                 }
             }
             sender.abort();
@@ -237,7 +228,7 @@ pub async fn run(
                 result: Option<AckResult>,
             }
             let mut out = BytesMut::new();
-            while !done(&tally) {
+            while !done(&report) {
                 let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, stream.next()).await
                 else {
                     break;
@@ -256,9 +247,9 @@ pub async fn run(
                             return Ok(());
                         };
                         if ack.ok {
-                            tally.answered(&sent, k, ack.result.unwrap_or_default().t_ns);
+                            report.answered(&sent, k, ack.result.unwrap_or_default().t_ns);
                         } else {
-                            tally.failed += 1;
+                            report.failed += 1;
                         }
                     }
                     Ok(())
@@ -273,13 +264,7 @@ pub async fn run(
             sender.abort();
         }
     }
-    Ok(CommandReport {
-        sent: total,
-        ok: tally.ok,
-        failed: tally.failed,
-        latency: tally.latency,
-        legs: tally.legs,
-    })
+    Ok(report)
 }
 
 fn bridge_command(k: u64, device: &str) -> Message {
@@ -349,17 +334,17 @@ mod tests {
     fn an_answer_splits_at_the_device_stamp_and_counts_once() {
         let t0 = now_ns();
         let sent = sent_at(&[t0, 0]);
-        let mut tally = Tally::default();
-        tally.answered(&sent, 0, t0 + 1);
+        let mut report = CommandReport::new(2);
+        report.answered(&sent, 0, t0 + 1);
         // The same command again, one never sent, one out of range: nothing more is recorded.
-        tally.answered(&sent, 0, t0 + 1);
-        tally.answered(&sent, 1, t0 + 1);
-        tally.answered(&sent, 7, t0 + 1);
-        assert_eq!(tally.ok, 1);
-        assert_eq!(tally.latency.len(), 1);
-        assert_eq!(tally.legs.to_device.len(), 1);
-        assert_eq!(tally.legs.from_device.len(), 1);
-        let to = tally.legs.to_device.max();
+        report.answered(&sent, 0, t0 + 1);
+        report.answered(&sent, 1, t0 + 1);
+        report.answered(&sent, 7, t0 + 1);
+        assert_eq!(report.ok, 1);
+        assert_eq!(report.latency.len(), 1);
+        assert_eq!(report.legs.to_device.len(), 1);
+        assert_eq!(report.legs.from_device.len(), 1);
+        let to = report.legs.to_device.max();
         assert!(to <= 2, "to the device took the stamp's 1 ns, got {to}");
     }
 
@@ -392,11 +377,11 @@ mod tests {
     fn a_stamp_outside_the_round_trip_is_not_split() {
         let t0 = now_ns();
         let sent = sent_at(&[t0, t0]);
-        let mut tally = Tally::default();
-        tally.answered(&sent, 0, 0); // no stamp
-        tally.answered(&sent, 1, t0 + 3_600_000_000_000); // a clock from elsewhere
-        assert_eq!((tally.ok, tally.latency.len()), (2, 2));
-        assert_eq!(tally.legs.to_device.len(), 0);
-        assert_eq!(tally.legs.from_device.len(), 0);
+        let mut report = CommandReport::new(2);
+        report.answered(&sent, 0, 0); // no stamp
+        report.answered(&sent, 1, t0 + 3_600_000_000_000); // a clock from elsewhere
+        assert_eq!((report.ok, report.latency.len()), (2, 2));
+        assert_eq!(report.legs.to_device.len(), 0);
+        assert_eq!(report.legs.from_device.len(), 0);
     }
 }
