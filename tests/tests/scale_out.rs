@@ -1,0 +1,158 @@
+//! The scale-out model (DESIGN.md, "Scale-out"): several bridge instances on one broker. Every
+//! instance streams all telemetry; command ids carry the instance id, so each instance answers
+//! its own clients' commands and ignores the acks meant for another.
+
+use std::time::{Duration, Instant};
+
+use e2e::load::connect_to;
+use e2e::mqtt::{simple_meta, ManualDevice};
+use e2e::{Bridge, E2eError, TestEnv, WsClient};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Lists devices through `client` until `id` is online there.
+async fn wait_online(client: &mut WsClient, id: &str) -> Result<(), E2eError> {
+    let started = Instant::now();
+    for n in 0u64.. {
+        let list = client
+            .request(&json!({"type": "list", "req": format!("list-{n}")}), WAIT)
+            .await?;
+        let online = list["devices"].as_array().is_some_and(|all| {
+            all.iter()
+                .any(|d| d["id"] == id && d["presence"] == "online")
+        });
+        if online {
+            break;
+        }
+        if started.elapsed() > WAIT {
+            return Err(E2eError::timeout(
+                format!("{id} online; last list: {list}"),
+                WAIT,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// The statuses of `req` on `client` until its final one.
+async fn statuses(client: &mut WsClient, req: &str) -> Result<Vec<Value>, E2eError> {
+    let mut all = Vec::new();
+    loop {
+        let msg = client
+            .recv_until(|m| m["type"] == "command_status" && m["req"] == req, WAIT)
+            .await?;
+        let last = !matches!(msg["status"].as_str(), Some("accepted" | "sent"));
+        all.push(msg);
+        if last {
+            return Ok(all);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_broker_each_stream_everything_and_answer_only_their_own_commands(
+) -> Result<(), E2eError> {
+    let env = TestEnv::new()
+        .devices(0)
+        .bridge_config(|c| c.instance_id = Some("east".into()))
+        .start()
+        .await?;
+    let mut west = Bridge::start(&env.pki, env.mosquitto.port(), |c| {
+        c.instance_id = Some("west".into())
+    })
+    .await?;
+    let mut relay = ManualDevice::start(
+        &env.pki,
+        &env.mosquitto,
+        "relay-1",
+        &simple_meta("relay", &["t"]),
+    )
+    .await?;
+    env.wait_online(&["relay-1"], WAIT).await?;
+    let mut a = env.connect("alice").await?;
+    let mut b = connect_to(&env.pki, west.addr(), "alice").await?;
+    wait_online(&mut b, "relay-1").await?;
+    let east_snapshot = a.subscribe(&["relay-1"], "s", WAIT).await?;
+    b.subscribe(&["relay-1"], "s", WAIT).await?;
+
+    // Every instance sees all telemetry.
+    relay.telemetry(&json!({"t": 21.5})).await?;
+    let mut seq = Value::Null;
+    for client in [&mut a, &mut b] {
+        let msg = client
+            .recv_until(
+                |m| m["type"] == "telemetry" && m["device"] == "relay-1",
+                WAIT,
+            )
+            .await?;
+        assert_eq!(msg["data"]["t"], 21.5, "{msg}");
+        seq = msg["seq"].clone();
+    }
+
+    // A client resuming on the other instance gets a fresh snapshot: the rings are per instance.
+    let mut moved = connect_to(&env.pki, west.addr(), "alice").await?;
+    let since = json!({"epoch": east_snapshot["epoch"], "seqs": {"relay-1": seq}});
+    let resumed = moved
+        .request(
+            &json!({"type": "subscribe", "req": "s2", "devices": ["relay-1"], "since": since}),
+            WAIT,
+        )
+        .await?;
+    assert_eq!(resumed["type"], "snapshot", "{resumed}");
+    assert_eq!(resumed["recovered"], false, "{resumed}");
+    assert_ne!(resumed["epoch"], east_snapshot["epoch"], "{resumed}");
+    moved.close().await?;
+
+    // The same request id through each instance: the device gets two commands whose ids name
+    // the instance that sent them.
+    let cmd = |on: bool| {
+        json!({"type": "command", "req": "r1", "device": "relay-1", "action": "set",
+               "params": {"on": on}})
+    };
+    a.send(&cmd(true)).await?;
+    let first = relay.next_command(WAIT).await?;
+    b.send(&cmd(false)).await?;
+    let second = relay.next_command(WAIT).await?;
+    let id = |c: &Value| c["id"].as_str().unwrap_or_default().to_owned();
+    assert!(id(&first).starts_with("east-"), "{first}");
+    assert!(id(&second).starts_with("west-"), "{second}");
+
+    // Both instances receive both acks; each answers only its own client, with its own result.
+    // West's goes first, so east has seen an ack that is not its own before its own comes.
+    relay.ack(&second, &json!({"on": false})).await?;
+    relay.ack(&first, &json!({"on": true})).await?;
+    let via_east = statuses(&mut a, "r1").await?;
+    let via_west = statuses(&mut b, "r1").await?;
+    for (got, on) in [(&via_east, true), (&via_west, false)] {
+        let names: Vec<_> = got.iter().filter_map(|s| s["status"].as_str()).collect();
+        assert_eq!(names, ["accepted", "sent", "ok"], "{got:?}");
+        assert_eq!(got[2]["result"], json!({"on": on}), "{got:?}");
+    }
+    // Nothing more for r1 on either side: the next reply is the pong.
+    for client in [&mut a, &mut b] {
+        let pong = client
+            .request(&json!({"type": "ping", "req": "p1"}), WAIT)
+            .await?;
+        assert_eq!(pong["type"], "pong");
+        assert!(
+            client.backlog().all(|m| m["req"] != "r1"),
+            "{:?}",
+            client.backlog().collect::<Vec<_>>()
+        );
+    }
+
+    // One instance going away leaves the other serving: west stops, east still answers.
+    west.stop().await?;
+    a.send(&cmd(false)).await?;
+    let third = relay.next_command(WAIT).await?;
+    relay.ack(&third, &json!({"on": false})).await?;
+    let after = statuses(&mut a, "r1").await?;
+    assert_eq!(
+        after.last().map(|s| &s["status"]),
+        Some(&json!("ok")),
+        "{after:?}"
+    );
+    env.shutdown().await
+}
