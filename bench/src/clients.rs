@@ -127,16 +127,15 @@ pub async fn bridge_subscribe_all(ws: &mut Ws) -> Result<(), BenchError> {
 }
 
 /// Waits until a new session's `welcome` says the bridge's broker link is up.
-pub async fn wait_bridge_ready(rig: &Rig, timeout: Duration) -> Result<(), BenchError> {
+pub async fn wait_bridge_ready(
+    addr: SocketAddr,
+    user: &Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<(), BenchError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::from("never answered");
     while tokio::time::Instant::now() < deadline {
-        match tokio::time::timeout(
-            Duration::from_secs(2),
-            connect_bridge(rig.bridge.addr, None, &rig.certs.user),
-        )
-        .await
-        {
+        match tokio::time::timeout(Duration::from_secs(2), connect_bridge(addr, None, user)).await {
             Ok(Ok((mut ws, true))) => {
                 let _ = ws.close(None).await;
                 return Ok(());
@@ -282,32 +281,79 @@ type Deferred = (
     tokio::sync::mpsc::Receiver<Result<(), BenchError>>,
 );
 
-/// Where client `i` connects from: spread over 127.0.0.2.. so that tens of thousands of
-/// connections do not run out of one address's ephemeral ports.
-pub fn source_for(i: usize, spread: usize) -> Option<IpAddr> {
-    (spread > 1).then(|| IpAddr::from([127, 0, 0, 2 + (i % spread) as u8]))
+/// Where the clients of a [`ClientSet`] connect to, and as whom.
+#[derive(Clone)]
+pub struct Targets {
+    pub bridge: SocketAddr,
+    /// Mosquitto's WSS listener (the peer), when there is one.
+    pub peer: Option<SocketAddr>,
+    /// Mosquitto's MQTT/TLS listener (the plain subscriber).
+    pub direct: SocketAddr,
+    /// TLS 1.3 with the `bench` user certificate.
+    pub user: Arc<ClientConfig>,
+}
+
+impl Targets {
+    pub fn of(rig: &Rig) -> Targets {
+        Targets {
+            bridge: rig.bridge.addr,
+            peer: rig.broker.wss,
+            direct: rig.broker.mqtt,
+            user: rig.certs.user.clone(),
+        }
+    }
+}
+
+/// Connections per source address: well under the ~28,000 ephemeral ports of one address.
+pub const PER_SOURCE: usize = 15_000;
+
+/// Which loopback addresses clients connect from: tens of thousands of connections would run
+/// out of one address's ephemeral ports, so they are spread over 127.0.0.2 and up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sources {
+    /// Offset of the first address past 127.0.0.2 (client processes each take their own).
+    pub first: usize,
+    pub count: usize,
+}
+
+impl Sources {
+    /// 127.0.0.1, the kernel's choice: enough for a few thousand connections.
+    pub const LOOPBACK: Sources = Sources { first: 0, count: 0 };
+
+    /// As many addresses as `n` connections need, from the `first` one on.
+    pub fn for_connections(n: usize, first: usize) -> Sources {
+        Sources {
+            first,
+            count: n.div_ceil(PER_SOURCE),
+        }
+    }
+
+    /// Where client `i` connects from (`None`: 127.0.0.1, the kernel's choice).
+    pub fn of(&self, i: usize) -> Option<IpAddr> {
+        if self.count <= 1 && self.first == 0 {
+            return None;
+        }
+        let n = 2 + self.first + i % self.count.max(1);
+        let last = u8::try_from(n).expect("fewer than 254 source addresses");
+        Some(IpAddr::from([127, 0, 0, last]))
+    }
 }
 
 impl ClientSet {
-    /// Connects `n` clients of `side` (at most [`CONNECT_CONCURRENCY`] handshakes at a time);
-    /// returns once all are subscribed. `spread` > 1 spreads source addresses.
-    pub async fn connect(
-        rig: &Rig,
-        side: Side,
-        n: usize,
-        spread: usize,
-    ) -> Result<ClientSet, BenchError> {
-        ClientSet::connect_with(rig, side, n, spread, false).await
+    /// Connects `n` clients of `side` to `rig` (at most [`CONNECT_CONCURRENCY`] handshakes at
+    /// a time) from 127.0.0.1; returns once all are subscribed.
+    pub async fn connect(rig: &Rig, side: Side, n: usize) -> Result<ClientSet, BenchError> {
+        ClientSet::connect_with(&Targets::of(rig), side, n, Sources::LOOPBACK, false).await
     }
 
     /// [`ClientSet::connect`]; with `deferred`, bridge clients only open their session and
     /// subscribe when [`ClientSet::subscribe_deferred`] says so (to tell the cost of a bare
     /// connection from the cost of its subscription).
     pub async fn connect_with(
-        rig: &Rig,
+        targets: &Targets,
         side: Side,
         n: usize,
-        spread: usize,
+        sources: Sources,
         deferred: bool,
     ) -> Result<ClientSet, BenchError> {
         let deferred = deferred && side == Side::Bridge;
@@ -320,7 +366,7 @@ impl ClientSet {
         let (ready_tx, mut ready_rx) =
             tokio::sync::mpsc::channel::<Result<(), BenchError>>(n.max(1));
         let lost = Arc::new(AtomicUsize::new(0));
-        let peer_addr = rig.broker.wss;
+        let peer_addr = targets.peer;
         if side == Side::Peer && peer_addr.is_none() {
             return Err(BenchError::Setup(
                 "the peer needs the WebSocket-capable Mosquitto (scripts/bench-peer-build)".into(),
@@ -335,9 +381,9 @@ impl ClientSet {
             );
             let lost = lost.clone();
             let (mut go, subscribed) = (go_rx.clone(), sub_tx.clone());
-            let config = rig.certs.user.clone();
-            let (bridge, direct) = (rig.bridge.addr, rig.broker.mqtt);
-            let source = source_for(i, spread);
+            let config = targets.user.clone();
+            let (bridge, direct) = (targets.bridge, targets.direct);
+            let source = sources.of(i);
             tasks.spawn(async move {
                 let permit = gate.acquire_owned().await;
                 let setup = async {

@@ -51,6 +51,9 @@ struct Cli {
     /// Also write the report (Markdown) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Internal: be one of scenario (c)'s client processes (JSON: what to connect).
+    #[arg(long, hide = true, value_name = "JSON")]
+    idle_child: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -89,6 +92,12 @@ fn shell(cmd: &str, args: &[&str]) -> String {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(spec) = &cli.idle_child {
+        let spec = serde_json::from_str(spec).context("--idle-child")?;
+        iot_bench::raise_open_files();
+        let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+        return Ok(runtime.block_on(iot_bench::idle::child(spec))?);
+    }
     let mut plan = if cli.smoke {
         Plan::smoke()
     } else {
@@ -133,13 +142,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // Every connection is a descriptor in the server and one in the client process: a machine
     // that allows fewer cannot hold the scenario's count, so measure what it can hold.
     let room = (open_files as usize).saturating_sub(2000);
+    plan.idle_per_process = plan.idle_per_process.min(room);
+    plan.client_exe = Some(std::env::current_exe().context("finding this program")?);
     if plan.idle_connections > room {
         notes.push(format!(
-            "(c) wants {} idle connections, but this machine allows {open_files} open files per process (hard limit, not raisable here): measured with {room}",
-            plan.idle_connections
+            "(c) wants {} idle connections, but this machine allows {open_files} open files per process (hard limit, not raisable here): the bridge's are held by {} instances on the one broker (the scale-out model), the peer's limited to {}",
+            plan.idle_connections,
+            plan.idle_connections.div_ceil(room.max(1)),
+            room.min(plan.idle_peer_connections),
         ));
-        (plan.idle_connections, plan.idle_peer_connections) =
-            (room, room.min(plan.idle_peer_connections));
+        plan.idle_peer_connections = room.min(plan.idle_peer_connections);
     }
     if let Some(f) = plan.fleet.as_mut().filter(|f| f.devices > room) {
         notes.push(format!(
@@ -160,7 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         mosquitto: peer,
         websockets: true,
         bridge: BridgeMode::Process(bridge),
-        max_connections: plan.idle_connections.max(plan.b3.clients) + 1000,
+        max_connections: plan.idle_connections.min(room).max(plan.b3.clients) + 1000,
         limits: cli.bridge_limits.clone(),
     };
     let info = RunInfo {

@@ -6,6 +6,7 @@
 //! subscription costs the peer nothing; latency scenarios alternate in rounds so that a noisy
 //! neighbour on the machine hits both sides alike.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::clients::{refuses_anonymous, ClientSet, Side};
@@ -58,6 +59,11 @@ pub struct Plan {
     pub trial_secs: f64,
     pub idle_connections: usize,
     pub idle_peer_connections: usize,
+    /// Idle connections one process may hold (its open files allow it); more bridge
+    /// connections than this run on several bridge instances (see [`idle`]).
+    pub idle_per_process: usize,
+    /// This program, for the client processes that hold more connections than it may.
+    pub client_exe: Option<PathBuf>,
     pub idle_window_secs: f64,
     pub fleet: Option<FleetOptions>,
 }
@@ -100,6 +106,8 @@ impl Plan {
             // Mosquitto takes about 130 TLS+WebSocket handshakes per second next to the load
             // generator here: 10,000 give its per-connection cost within the time budget.
             idle_peer_connections: 10_000,
+            idle_per_process: usize::MAX,
+            client_exe: None,
             // Longer than the bridge's ping interval, so the window holds a round of pings.
             idle_window_secs: iot_bridge::config::Limits::default().ping_interval_secs as f64 + 2.0,
             fleet: Some(FleetOptions::full()),
@@ -141,6 +149,9 @@ impl Plan {
             trial_secs: 1.0,
             idle_connections: 20,
             idle_peer_connections: 20,
+            // Two bridge instances and two client processes, so that path is checked too.
+            idle_per_process: 10,
+            client_exe: None,
             idle_window_secs: 0.5,
             fleet: None,
         }
@@ -236,7 +247,7 @@ pub async fn run(
         for round in 0..plan.rounds {
             for (k, &side) in sides.iter().enumerate() {
                 side_up(rig, side).await?;
-                let clients = ClientSet::connect(rig, side, plan.latency_clients, 1).await?;
+                let clients = ClientSet::connect(rig, side, plan.latency_clients).await?;
                 if plan.has(Scenario::A) {
                     let t = trial(
                         rig,
@@ -321,7 +332,7 @@ pub async fn run(
                 continue;
             }
             side_up(rig, round_side).await?;
-            let clients = ClientSet::connect(rig, side, fan.clients, 1).await?;
+            let clients = ClientSet::connect(rig, side, fan.clients).await?;
             log(format!(
                 "({scenario:?}) {side:?}: {} clients connected",
                 fan.clients
@@ -376,11 +387,27 @@ pub async fn run(
     if plan.has(Scenario::C) {
         rig.restart_bridge().await?;
         let window = secs(plan.idle_window_secs);
-        let bridge = idle::run(rig, Side::Bridge, plan.idle_connections, window).await?;
+        let bridge = idle::run(
+            rig,
+            Side::Bridge,
+            plan.idle_connections,
+            plan.idle_per_process,
+            plan.client_exe.as_deref(),
+            window,
+        )
+        .await?;
         log(format!("(c) Bridge: {}", describe_idle(&bridge)));
         let peer = if has_peer && plan.idle_peer_connections > 0 {
             rig.bridge_down().await;
-            let p = idle::run(rig, Side::Peer, plan.idle_peer_connections, window).await?;
+            let p = idle::run(
+                rig,
+                Side::Peer,
+                plan.idle_peer_connections,
+                plan.idle_per_process,
+                None,
+                window,
+            )
+            .await?;
             log(format!("(c) Peer: {}", describe_idle(&p)));
             Some(p)
         } else {
@@ -436,9 +463,10 @@ pub fn describe(t: &Trial) -> String {
 
 fn describe_idle(i: &Idle) -> String {
     format!(
-        "{}/{} held, connected in {:.1} s, {} per bare connection, {} per subscribed connection, idle CPU {}",
+        "{}/{} held by {} process(es), connected in {:.1} s, {} per bare connection, {} per subscribed connection, idle CPU {}",
         i.held,
         i.wanted,
+        i.instances,
         i.connect_time.as_secs_f64(),
         i.bare_bytes_per_connection().map_or("-".into(), |b| format!("{:.1} KiB", b / 1024.0)),
         i.bytes_per_connection()

@@ -265,7 +265,10 @@ fn idle_rows(rows: &mut Vec<Row>, c: &Pair<Idle>, devices: usize) {
     rows.push(Row {
         id: "c",
         measure: "idle mTLS WebSocket connections held".into(),
-        bridge: format!("{}/{}", b.held, b.wanted),
+        bridge: match b.instances {
+            1 => format!("{}/{}", b.held, b.wanted),
+            n => format!("{}/{} in {n} bridge instances", b.held, b.wanted),
+        },
         peer: p.map_or("-".into(), |p| format!("{}/{}", p.held, p.wanted)),
         ratio: String::new(),
         target: "50,000",

@@ -265,16 +265,27 @@ pub struct Bridge {
 }
 
 impl Bridge {
+    /// Starts bridge instance `instance` (0 is the rig's own; others have their own instance
+    /// id, port and files, as several instances on one broker would).
     pub async fn start(
         opts: &RigOptions,
         broker: &Broker,
         certs: &Certs,
         dir: &Path,
+        instance: usize,
     ) -> Result<Bridge, BenchError> {
         let p = &certs.paths;
+        let name = match instance {
+            0 => "bench".to_owned(),
+            n => format!("bench-{n}"),
+        };
+        let file = |ext: &str| match instance {
+            0 => format!("bridge.{ext}"),
+            n => format!("bridge-{n}.{ext}"),
+        };
         let config = |listen: SocketAddr| {
             format!(
-                "listen = \"{listen}\"\ninstance_id = \"bench\"\n\
+                "listen = \"{listen}\"\ninstance_id = \"{name}\"\n\
                  [tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\
                  [broker]\nhost = \"localhost\"\nport = {}\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
                  [limits]\nmax_connections = {}\n\
@@ -295,10 +306,10 @@ impl Bridge {
         let running = match mode {
             BridgeMode::Process(binary) => {
                 let addr = loopback(free_port()?);
-                let path = dir.join("bridge.toml");
+                let path = dir.join(file("toml"));
                 std::fs::write(&path, config(addr))
                     .map_err(BenchError::io("writing bridge.toml"))?;
-                let log = dir.join("bridge.log");
+                let log = dir.join(file("log"));
                 let out = File::create(&log).map_err(BenchError::io("creating bridge.log"))?;
                 let err = out
                     .try_clone()
@@ -381,7 +392,7 @@ impl Rig {
         let certs = Certs::generate()?;
         let work = tempfile::tempdir().map_err(BenchError::io("creating a temporary folder"))?;
         let broker = Broker::start(&opts.mosquitto, opts.websockets, &certs, work.path())?;
-        let bridge = Bridge::start(&opts, &broker, &certs, work.path()).await?;
+        let bridge = Bridge::start(&opts, &broker, &certs, work.path(), 0).await?;
         let rig = Rig {
             certs,
             broker,
@@ -390,7 +401,7 @@ impl Rig {
             bridge_running: true,
             work,
         };
-        crate::clients::wait_bridge_ready(&rig, START_TIMEOUT).await?;
+        crate::clients::wait_bridge_ready(rig.bridge.addr, &rig.certs.user, START_TIMEOUT).await?;
         Ok(rig)
     }
 
@@ -400,9 +411,28 @@ impl Rig {
         // The old one goes first: both would use the same MQTT client id.
         self.bridge_down().await;
         self.bridge =
-            Bridge::start(&self.opts, &self.broker, &self.certs, self.work.path()).await?;
+            Bridge::start(&self.opts, &self.broker, &self.certs, self.work.path(), 0).await?;
         self.bridge_running = true;
-        crate::clients::wait_bridge_ready(self, START_TIMEOUT).await
+        crate::clients::wait_bridge_ready(self.bridge.addr, &self.certs.user, START_TIMEOUT).await
+    }
+
+    /// Starts `n` more bridge instances on the rig's broker, each ready when returned: the
+    /// scale-out model on one machine. They stop when dropped.
+    pub async fn more_bridges(&self, n: usize) -> Result<Vec<Bridge>, BenchError> {
+        let mut more = Vec::with_capacity(n);
+        for instance in 1..=n {
+            let b = Bridge::start(
+                &self.opts,
+                &self.broker,
+                &self.certs,
+                self.work.path(),
+                instance,
+            )
+            .await?;
+            crate::clients::wait_bridge_ready(b.addr, &self.certs.user, START_TIMEOUT).await?;
+            more.push(b);
+        }
+        Ok(more)
     }
 
     /// Makes sure the bridge runs (it is stopped while the peer is measured, so that its

@@ -67,7 +67,10 @@ async fn every_message_is_delivered_and_every_command_answered() {
         limits: Vec::new(),
     };
     let has_peer = opts.websockets;
-    let plan = Plan::smoke();
+    let plan = Plan {
+        client_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_iot-bench"))),
+        ..Plan::smoke()
+    };
     let r = iot_bench::bench(&plan, opts, &mut |line| eprintln!("{line}"))
         .await
         .expect("the smoke run completes");
@@ -155,6 +158,11 @@ async fn every_message_is_delivered_and_every_command_answered() {
     assert_eq!(
         c.bridge.held, plan.idle_connections,
         "(c) every idle bridge connection held"
+    );
+    assert_eq!(
+        c.bridge.instances,
+        plan.idle_connections.div_ceil(plan.idle_per_process),
+        "(c) more connections than one process holds are spread over bridge instances"
     );
     if let Some(p) = &c.peer {
         assert_eq!(
