@@ -4,8 +4,9 @@
 //! The task never awaits a publish (rumqttc #1025): commands are queued with `try_publish` from
 //! the sessions through a cloned [`LinkHandle`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rumqttc::{
@@ -24,6 +25,11 @@ use crate::topic::{self, Channel};
 
 /// Queued requests to the event loop; a command that finds it full is answered `offline`.
 const REQUEST_CAPACITY: usize = 4096;
+
+/// A connection that lasted this long was a success: the next failure starts the backoff over.
+/// One that ended sooner counts as a failed attempt, so a link the broker keeps dropping right
+/// after accepting it backs off instead of reconnecting at the shortest delay forever.
+const STABLE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -53,6 +59,7 @@ impl LinkHandle {
 }
 
 pub struct MqttLink {
+    client_id: String,
     eventloop: EventLoop,
     handle: LinkHandle,
     hub: Arc<Hub>,
@@ -78,7 +85,7 @@ impl MqttLink {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("iot-bridge-{instance}"));
-        let mut options = MqttOptions::new(client_id, config.host.clone(), config.port);
+        let mut options = MqttOptions::new(client_id.clone(), config.host.clone(), config.port);
         options
             .set_keep_alive(Duration::from_secs(config.keep_alive_secs))
             .set_clean_session(true)
@@ -95,6 +102,7 @@ impl MqttLink {
             .map(|path| SubscribeFilter::new(path, QoS::AtLeastOnce))
             .collect();
         Ok(MqttLink {
+            client_id,
             eventloop,
             handle: LinkHandle {
                 client,
@@ -117,6 +125,9 @@ impl MqttLink {
     /// Runs until `shutdown`; reconnects by itself on every error.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
+        // When the current connection was accepted, and recent connections that did not last.
+        let mut up_since: Option<Instant> = None;
+        let mut short = ShortLived::default();
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -125,7 +136,7 @@ impl MqttLink {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     if ack.code == ConnectReturnCode::Success {
-                        failures = 0;
+                        up_since = Some(Instant::now());
                         self.metrics.broker_connects.inc();
                         info!("broker connected, subscribing");
                         // Clean session: the broker forgot our subscriptions, ask again once.
@@ -153,6 +164,22 @@ impl MqttLink {
                 Err(e) => {
                     self.hub.set_broker_up(false);
                     self.metrics.broker_up.set(0);
+                    if let Some(since) = up_since.take() {
+                        let now = Instant::now();
+                        if now - since >= STABLE {
+                            failures = 0;
+                        } else if short.ended(now) {
+                            warn!(
+                                client_id = %self.client_id,
+                                "the broker closed the link {} times within {} s of accepting it: \
+                                 is another client connected with the same client id, such as \
+                                 another bridge with the same instance_id? The broker drops the \
+                                 older of two connections with one id; give every instance its own",
+                                ShortLived::COUNT,
+                                ShortLived::WINDOW.as_secs(),
+                            );
+                        }
+                    }
                     let delay = backoff(self.backoff_min, self.backoff_max, failures);
                     failures = failures.saturating_add(1);
                     if failures == 1 {
@@ -215,6 +242,33 @@ impl MqttLink {
 }
 
 /// Exponential backoff with full jitter: uniform in [min, min * 2^attempt] capped at max.
+/// Connections the broker accepted and then dropped within [`STABLE`]: [`ShortLived::COUNT`]
+/// of them within [`ShortLived::WINDOW`] are worth a warning, once per window.
+#[derive(Debug, Default)]
+struct ShortLived {
+    ends: VecDeque<Instant>,
+    warned: Option<Instant>,
+}
+
+impl ShortLived {
+    const COUNT: usize = 3;
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    /// A short-lived connection ended at `now`; says whether to warn.
+    fn ended(&mut self, now: Instant) -> bool {
+        self.ends.push_back(now);
+        while self.ends.front().is_some_and(|&t| now - t > Self::WINDOW) {
+            self.ends.pop_front();
+        }
+        let due = self.warned.is_none_or(|t| now - t > Self::WINDOW);
+        if self.ends.len() >= Self::COUNT && due {
+            self.warned = Some(now);
+            return true;
+        }
+        false
+    }
+}
+
 pub fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
     let ceiling = min
         .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
@@ -226,6 +280,24 @@ pub fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn three_short_lived_connections_within_a_minute_warn_once_a_minute() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut short = ShortLived::default();
+        assert!(!short.ended(at(0)));
+        assert!(!short.ended(at(1)));
+        assert!(short.ended(at(2)), "the third within a minute");
+        assert!(!short.ended(at(3)), "once per window");
+        assert!(!short.ended(at(30)));
+        assert!(short.ended(at(63)), "still flapping a minute later: again");
+        // Spread out, they are a flaky network, not a takeover.
+        let mut spread = ShortLived::default();
+        assert!(![0, 40, 80, 120, 160]
+            .into_iter()
+            .any(|s| spread.ended(at(s))));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

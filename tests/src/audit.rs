@@ -1,5 +1,6 @@
-//! Captures the bridge's audit log (tracing target `audit`) in memory so tests can check what it
-//! records for each command. Installed by [`crate::init_tracing`] beside the usual log output.
+//! Captures the bridge's audit log (tracing target `audit`) and its warnings in memory so tests
+//! can check what it records for each command and what it tells an operator. Installed by
+//! [`crate::init_tracing`] beside the usual log output.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -11,10 +12,15 @@ use tracing_subscriber::Layer;
 
 /// The tracing target the bridge writes its audit records on.
 pub const TARGET: &str = "audit";
+/// The bridge's own targets (`iot_bridge::*`), whose warnings are kept.
+pub const BRIDGE: &str = "iot_bridge";
 
 /// Every audit record of this test process, oldest first. Tests in one binary share it: pick
 /// records by a field only your test uses (an identity of its own).
 static RECORDS: Mutex<Vec<AuditRecord>> = Mutex::new(Vec::new());
+/// Every warning (and error) of the bridge in this test process, oldest first; shared like
+/// `RECORDS`.
+static WARNINGS: Mutex<Vec<AuditRecord>> = Mutex::new(Vec::new());
 
 /// One audit event: its fields as text (`message` holds the event's message).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,20 +45,33 @@ pub fn records_of(identity: &str) -> Vec<AuditRecord> {
         .collect()
 }
 
-/// The layer that fills the record list; give it a filter for [`TARGET`].
+/// The bridge's warnings that have `field` set to `value`.
+pub fn warnings_with(field: &str, value: &str) -> Vec<AuditRecord> {
+    WARNINGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|r| r.get(field) == Some(value))
+        .cloned()
+        .collect()
+}
+
+/// The layer that fills the record lists; give it a filter for [`TARGET`] at `INFO` and
+/// [`BRIDGE`] at `WARN`.
 pub(crate) struct AuditCapture;
 
 impl<S: Subscriber> Layer<S> for AuditCapture {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        if event.metadata().target() != TARGET {
+        let list = if event.metadata().target() == TARGET {
+            &RECORDS
+        } else if *event.metadata().level() <= tracing::Level::WARN {
+            &WARNINGS
+        } else {
             return;
-        }
+        };
         let mut record = AuditRecord::default();
         event.record(&mut record);
-        RECORDS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(record);
+        list.lock().unwrap_or_else(|e| e.into_inner()).push(record);
     }
 }
 

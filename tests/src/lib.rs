@@ -16,7 +16,8 @@
 //!   (stalled and dead clients as the bridge sees them).
 //! - [`load`]: steady readers, stalling clients, bulk publishers and the process's memory, for
 //!   the slow-client tests.
-//! - [`audit`]: the bridge's `audit` log records, captured in memory by [`init_tracing`].
+//! - [`audit`]: the bridge's `audit` log records and its warnings, captured in memory by
+//!   [`init_tracing`].
 //! - [`env`]: [`TestEnv`] composes all of them with a `device_sim` fleet:
 //!   `TestEnv::new().devices(10).start().await?`.
 //!
@@ -45,7 +46,8 @@ pub use pki::{ClientCert, Pki};
 pub use ws::WsClient;
 
 /// Sets up tracing once per test binary: `RUST_LOG` filter (default `warn`) to the test writer,
-/// and the `audit` target captured in memory whatever `RUST_LOG` says (see [`audit`]).
+/// and the `audit` target and the bridge's warnings captured in memory whatever `RUST_LOG` says
+/// (see [`audit`]).
 pub fn init_tracing() {
     use tracing_subscriber::filter::{EnvFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
@@ -55,8 +57,11 @@ pub fn init_tracing() {
     let log = tracing_subscriber::fmt::layer()
         .with_test_writer()
         .with_filter(filter);
-    let audit = audit::AuditCapture
-        .with_filter(Targets::new().with_target(audit::TARGET, tracing::Level::INFO));
+    let audit = audit::AuditCapture.with_filter(
+        Targets::new()
+            .with_target(audit::TARGET, tracing::Level::INFO)
+            .with_target(audit::BRIDGE, tracing::Level::WARN),
+    );
     // A second call (another test in the same binary) finds a subscriber already set: fine.
     let _ = tracing_subscriber::registry()
         .with(log)

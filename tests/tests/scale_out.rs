@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use e2e::audit::warnings_with;
 use e2e::load::connect_to;
+use e2e::metrics::Scrape;
 use e2e::mqtt::{simple_meta, ManualDevice};
 use e2e::{Bridge, E2eError, TestEnv, WsClient};
 use serde_json::{json, Value};
@@ -154,5 +156,55 @@ async fn two_instances_on_one_broker_each_stream_everything_and_answer_only_thei
         Some(&json!("ok")),
         "{after:?}"
     );
+    env.shutdown().await
+}
+
+/// Two instances given one `instance_id` share one MQTT client id, and the broker drops the
+/// older connection whenever the other connects: each is told what is wrong, and they back
+/// off instead of taking the link from each other at the shortest reconnect delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_one_instance_id_are_warned_and_back_off() -> Result<(), E2eError> {
+    let env = TestEnv::new()
+        .devices(0)
+        .bridge_config(|c| c.instance_id = Some("twin".into()))
+        .start()
+        .await?;
+    let connects = |s: &Scrape| s.get("iotbridge_broker_connects_total", &[]);
+    let first = connects(&env.metrics().await?);
+    let mut twin = Bridge::start(&env.pki, env.mosquitto.port(), |c| {
+        c.instance_id = Some("twin".into());
+        c.broker.reconnect_min_ms = 100;
+    })
+    .await?;
+    let started = Instant::now();
+    let warned = loop {
+        let found = warnings_with("client_id", "iot-bridge-twin");
+        if let Some(w) = found.first() {
+            break w.clone();
+        }
+        if started.elapsed() > WAIT {
+            return Err(E2eError::timeout("the takeover warning", WAIT));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = warned.get("message").unwrap_or_default();
+    assert!(
+        text.contains("same instance_id") && text.contains("3 times"),
+        "{warned:?}"
+    );
+    // Backing off: over the next 3 s the first instance connects two or three times; at its
+    // shortest delay (200 ms), as before a short-lived link counted as a failure, about ten.
+    let before = connects(&env.metrics().await?);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = connects(&env.metrics().await?) - before;
+    assert!(
+        during <= 6.0,
+        "{during} connects by the first instance in 3 s"
+    );
+    assert!(before > first, "the first instance was taken over at all");
+
+    // With the twin gone, the first instance holds its link again.
+    twin.stop().await?;
+    env.wait_readyz(200, WAIT).await?;
     env.shutdown().await
 }
