@@ -288,7 +288,7 @@ pub struct Targets {
     /// Mosquitto's WSS listener (the peer), when there is one.
     pub peer: Option<SocketAddr>,
     /// Mosquitto's MQTT/TLS listener (the plain subscriber).
-    pub direct: SocketAddr,
+    pub direct: Option<SocketAddr>,
     /// TLS 1.3 with the `bench` user certificate.
     pub user: Arc<ClientConfig>,
 }
@@ -298,7 +298,7 @@ impl Targets {
         Targets {
             bridge: rig.bridge.addr,
             peer: rig.broker.wss,
-            direct: rig.broker.mqtt,
+            direct: Some(rig.broker.mqtt),
             user: rig.certs.user.clone(),
         }
     }
@@ -411,6 +411,8 @@ impl ClientSet {
                             Ok(Conn::Peer(ws, buf))
                         }
                         Side::Direct => {
+                            let direct = direct
+                                .ok_or_else(|| BenchError::Setup("no MQTT listener".into()))?;
                             let (s, buf) = connect_direct(
                                 direct,
                                 &config,

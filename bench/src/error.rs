@@ -4,12 +4,10 @@ use std::io;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    /// The cause is part of the message, not a `source`: a report of the error chain would
+    /// otherwise say it twice.
+    #[error("{context}: {error}")]
+    Io { context: String, error: io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
     #[error("certificate files: {0}")]
@@ -34,6 +32,6 @@ impl BenchError {
     /// A closure for `map_err` that keeps what was being done.
     pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> BenchError {
         let context = context.into();
-        move |source| BenchError::Io { context, source }
+        move |error| BenchError::Io { context, error }
     }
 }

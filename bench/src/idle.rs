@@ -3,10 +3,10 @@
 //! happens (the bridge's keepalive pings included, so the window spans a ping interval).
 //!
 //! A process can hold only as many connections as it may open files. When the bridge's count
-//! is more than one process may hold here, the scenario runs the scale-out model (DESIGN.md):
-//! several bridge instances on the one broker, each with its share of the clients, and the
-//! clients in as many processes of this program ([`child`]); the figures are the instances'
-//! sums.
+//! is more than one process may hold here, the scenario runs the scale-out model
+//! (docs/operations.md, "Several instances"): several bridge instances on the one broker, each
+//! with its share of the clients, and the clients in as many processes of this program
+//! ([`child`]); the figures are the instances' sums.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,21 @@ use crate::{tls, BenchError};
 
 /// How long a client process may take to open its connections (handshakes on a busy host).
 const CHILD_CONNECT_TIMEOUT: Duration = Duration::from_secs(600);
+/// More bridge instances than this on one machine would measure the machine, not the bridge.
+const MAX_INSTANCES: usize = 16;
+
+/// How many bridge instances hold `n` connections when one process may hold `per_process`.
+pub fn instances(n: usize, per_process: usize) -> Result<usize, BenchError> {
+    let k = n.div_ceil(per_process.max(1)).max(1);
+    if k > MAX_INSTANCES {
+        return Err(BenchError::Setup(format!(
+            "(c) {n} connections at {per_process} per process would take {k} bridge instances \
+             (at most {MAX_INSTANCES}): allow this program more open files, or ask for fewer \
+             connections (--idle-connections)"
+        )));
+    }
+    Ok(k)
+}
 
 #[derive(Debug, Clone)]
 pub struct Idle {
@@ -82,14 +97,25 @@ impl Servers<'_> {
             Side::Bridge => self.rig.bridge.usage(),
             Side::Peer | Side::Direct => self.rig.broker.usage(),
         };
-        self.more.iter().try_fold(own?, |sum, b| {
-            let u = b.usage()?;
-            Some(Usage {
-                cpu: sum.cpu + u.cpu,
-                rss_bytes: sum.rss_bytes + u.rss_bytes,
-            })
-        })
+        sum(std::iter::once(own).chain(self.more.iter().map(Bridge::usage)))
     }
+}
+
+/// The sum of processes' usage; `None` if any is unknown.
+fn sum(usages: impl IntoIterator<Item = Option<Usage>>) -> Option<Usage> {
+    usages.into_iter().try_fold(
+        Usage {
+            cpu: Duration::ZERO,
+            rss_bytes: 0,
+        },
+        |total, u| {
+            let u = u?;
+            Some(Usage {
+                cpu: total.cpu + u.cpu,
+                rss_bytes: total.rss_bytes + u.rss_bytes,
+            })
+        },
+    )
 }
 
 /// Splits `n` into `parts` shares that differ by at most one.
@@ -112,7 +138,7 @@ pub async fn run(
     window: Duration,
 ) -> Result<Idle, BenchError> {
     let instances = if side == Side::Bridge {
-        n.div_ceil(per_process.max(1)).max(1)
+        instances(n, per_process)?
     } else {
         1
     };
@@ -153,28 +179,30 @@ async fn measure(
                 "(c) needs {instances} client processes for {n} connections, but no program to run them"
             ))
         })?;
-        let addrs = std::iter::once(rig.bridge.addr).chain(more.iter().map(|b| b.addr));
-        let (ca, (cert, key, _)) = (&rig.certs.paths.ca_cert, rig.certs.paths.user(USER));
-        let mut first = 0;
+        let bridges: Vec<SocketAddr> = std::iter::once(rig.bridge.addr)
+            .chain(more.iter().map(|b| b.addr))
+            .collect();
+        let (cert, key, _) = rig.certs.paths.user(USER);
+        let identity = Identity {
+            ca: rig.certs.paths.ca_cert.clone(),
+            cert,
+            key,
+        };
         let mut children = Vec::new();
-        for (bridge, count) in addrs.zip(shares(n, instances)) {
-            let sources = Sources::for_connections(count, first);
-            first += sources.count;
-            let spec = ChildSpec {
-                bridge,
-                count,
-                sources,
-                ca: ca.clone(),
-                cert: cert.clone(),
-                key: key.clone(),
-            };
-            children.push(Child::spawn(exe, &spec)?);
+        for (index, spec) in child_specs(n, &bridges, &identity).iter().enumerate() {
+            children.push(Child::spawn(exe, index, spec)?);
         }
         // They connect side by side; each says when all of its connections are open.
         for c in &mut children {
-            tokio::time::timeout(CHILD_CONNECT_TIMEOUT, c.expect("connected"))
-                .await
-                .map_err(|_| BenchError::Timeout("a client process connecting".into()))??;
+            match tokio::time::timeout(CHILD_CONNECT_TIMEOUT, c.expect("connected")).await {
+                Ok(said) => said?,
+                Err(_) => {
+                    return Err(BenchError::Timeout(format!(
+                        "{} opening its connections",
+                        c.name()
+                    )))
+                }
+            };
         }
         Clients::Children(children)
     };
@@ -249,7 +277,7 @@ impl Clients {
                     held += line
                         .trim_start_matches("held ")
                         .parse::<usize>()
-                        .map_err(|_| BenchError::Protocol(format!("client process: {line}")))?;
+                        .map_err(|_| BenchError::Protocol(format!("{} said {line:?}", c.name())))?;
                     let _ = c.process.wait().await;
                 }
                 Ok(held)
@@ -259,29 +287,58 @@ impl Clients {
 }
 
 /// What a client process is to do: `count` idle clients of the bridge at `bridge`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChildSpec {
     pub bridge: SocketAddr,
     pub count: usize,
     pub sources: Sources,
+    #[serde(flatten)]
+    pub identity: Identity,
+}
+
+/// The client certificate the idle clients present, and the CA they trust.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
+/// One client process per bridge, each with an equal share of `n` and source addresses of its
+/// own.
+fn child_specs(n: usize, bridges: &[SocketAddr], identity: &Identity) -> Vec<ChildSpec> {
+    let mut first = 0;
+    bridges
+        .iter()
+        .zip(shares(n, bridges.len()))
+        .map(|(&bridge, count)| {
+            let sources = Sources::for_connections(count, first);
+            first += sources.count;
+            ChildSpec {
+                bridge,
+                count,
+                sources,
+                identity: identity.clone(),
+            }
+        })
+        .collect()
+}
+
 /// A client process (this program with `--idle-child`), spoken to a line at a time.
 struct Child {
+    index: usize,
+    bridge: SocketAddr,
     process: tokio::process::Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
 impl Child {
-    fn spawn(exe: &Path, spec: &ChildSpec) -> Result<Child, BenchError> {
-        let spec = serde_json::to_string(spec).map_err(|e| BenchError::Setup(e.to_string()))?;
+    fn spawn(exe: &Path, index: usize, spec: &ChildSpec) -> Result<Child, BenchError> {
+        let json = serde_json::to_string(spec).map_err(|e| BenchError::Setup(e.to_string()))?;
         let mut process = tokio::process::Command::new(exe)
             .arg("--idle-child")
-            .arg(spec)
+            .arg(json)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -291,34 +348,50 @@ impl Child {
             return Err(BenchError::Setup("client process without pipes".into()));
         };
         Ok(Child {
+            index,
+            bridge: spec.bridge,
             process,
             stdin,
             lines: BufReader::new(stdout).lines(),
         })
     }
 
+    /// For messages: which one, and whose clients it holds.
+    fn name(&self) -> String {
+        format!("client process {} (bridge {})", self.index, self.bridge)
+    }
+
     async fn say(&mut self, word: &str) -> Result<(), BenchError> {
+        let context = format!("writing to {}", self.name());
         self.stdin
             .write_all(format!("{word}\n").as_bytes())
             .await
-            .map_err(BenchError::io("writing to a client process"))
+            .map_err(BenchError::io(context))
     }
 
-    /// The next line, which must start with `word`; a line starting with `error` fails.
+    /// The next line, which must start with `word`. A process that ended instead is waited
+    /// for, and its exit status told (its own error went to the shared stderr).
     async fn expect(&mut self, word: &str) -> Result<String, BenchError> {
-        let line = self
+        let context = format!("reading from {}", self.name());
+        match self
             .lines
             .next_line()
             .await
-            .map_err(BenchError::io("reading from a client process"))?;
-        match line {
+            .map_err(BenchError::io(context))?
+        {
             Some(l) if l.starts_with(word) => Ok(l),
             Some(l) => Err(BenchError::Protocol(format!(
-                "client process said {l:?}, expected {word:?}"
+                "{} said {l:?}, expected {word:?}",
+                self.name()
             ))),
-            None => Err(BenchError::Protocol(format!(
-                "client process ended before {word:?}"
-            ))),
+            None => {
+                let status = self.process.wait().await.ok();
+                Err(BenchError::Protocol(format!(
+                    "{} ended ({}) before saying {word:?}; its error is above",
+                    self.name(),
+                    status.map_or("status unknown".into(), |s| s.to_string())
+                )))
+            }
         }
     }
 }
@@ -327,11 +400,12 @@ impl Child {
 /// answers on stdout as its parent speaks on stdin: `connected`, then on `subscribe`
 /// `subscribed`, then on `close` (or the end of stdin) `held N`.
 pub async fn child(spec: ChildSpec) -> Result<(), BenchError> {
-    let user = tls::client_config(&spec.ca, Some((&spec.cert, &spec.key)))?;
+    let id = &spec.identity;
+    let user = tls::client_config(&id.ca, Some((&id.cert, &id.key)))?;
     let targets = Targets {
         bridge: spec.bridge,
         peer: None,
-        direct: spec.bridge,
+        direct: None,
         user,
     };
     let mut set =
@@ -345,7 +419,10 @@ pub async fn child(spec: ChildSpec) -> Result<(), BenchError> {
         .map_err(BenchError::io("reading from the parent process"))?
     {
         match line.as_str() {
-            "subscribe" if !subscribed => {
+            "subscribe" if subscribed => {
+                return Err(BenchError::Protocol("told to subscribe twice".into()))
+            }
+            "subscribe" => {
                 set.subscribe_deferred().await?;
                 subscribed = true;
                 say("subscribed").await?;
@@ -386,18 +463,67 @@ mod tests {
     }
 
     #[test]
-    fn client_processes_take_separate_source_addresses() {
-        assert_eq!(Sources::for_connections(14_000, 0).of(5), None);
-        let a = Sources::for_connections(16_667, 0);
-        let b = Sources::for_connections(16_667, a.count);
-        let of = |s: Sources, i| s.of(i).map(|ip| ip.to_string());
-        assert_eq!(
-            (of(a, 0), of(a, 1)),
-            (Some("127.0.0.2".into()), Some("127.0.0.3".into()))
+    fn client_processes_each_take_one_bridge_and_source_addresses_of_their_own() {
+        let bridges: Vec<SocketAddr> = (0..3)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i)))
+            .collect();
+        let id = Identity {
+            ca: "ca.pem".into(),
+            cert: "u.pem".into(),
+            key: "u.key".into(),
+        };
+        let specs = child_specs(50_000, &bridges, &id);
+        assert_eq!(specs.iter().map(|c| c.bridge).collect::<Vec<_>>(), bridges);
+        assert_eq!(specs.iter().map(|c| c.count).sum::<usize>(), 50_000);
+        let mut seen = std::collections::HashSet::new();
+        for c in &specs {
+            let used: std::collections::HashSet<_> =
+                (0..c.count).map(|i| c.sources.of(i)).collect();
+            assert!(
+                used.iter().all(Option::is_some),
+                "{c:?}: explicit addresses"
+            );
+            assert!(used.len() * crate::clients::PER_SOURCE >= c.count, "{c:?}");
+            assert!(
+                used.iter().all(|ip| seen.insert(*ip)),
+                "{c:?} shares an address"
+            );
+        }
+        // One process's worth needs no explicit address.
+        let one = child_specs(14_000, &bridges[..1], &id);
+        assert_eq!(one[0].sources.of(7), None);
+        // The spec crosses the process boundary as JSON.
+        let json = serde_json::to_string(&specs[1]).unwrap();
+        assert_eq!(serde_json::from_str::<ChildSpec>(&json).unwrap(), specs[1]);
+    }
+
+    #[test]
+    fn instances_are_counted_and_capped() {
+        assert_eq!(instances(50_000, 18_000).unwrap(), 3);
+        assert_eq!(instances(18_000, 18_000).unwrap(), 1);
+        assert_eq!(instances(0, 18_000).unwrap(), 1);
+        assert!(
+            instances(50_000, 1).is_err(),
+            "50,000 processes is not a benchmark"
         );
+    }
+
+    #[test]
+    fn usage_is_summed_over_processes_and_unknown_if_any_is() {
+        let u = |ms: u64, kb: u64| {
+            Some(Usage {
+                cpu: Duration::from_millis(ms),
+                rss_bytes: kb * 1000,
+            })
+        };
+        let total = sum([u(10, 100), u(5, 50), u(1, 1)]).unwrap();
         assert_eq!(
-            (of(b, 0), of(b, 1)),
-            (Some("127.0.0.4".into()), Some("127.0.0.5".into()))
+            (total.cpu, total.rss_bytes),
+            (Duration::from_millis(16), 151_000)
+        );
+        assert!(
+            sum([u(10, 100), None]).is_none(),
+            "an in-process server has no figures"
         );
     }
 }

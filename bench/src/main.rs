@@ -93,10 +93,12 @@ fn shell(cmd: &str, args: &[&str]) -> String {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(spec) = &cli.idle_child {
-        let spec = serde_json::from_str(spec).context("--idle-child")?;
+        let spec: iot_bench::idle::ChildSpec =
+            serde_json::from_str(spec).context("--idle-child")?;
+        let me = format!("idle client process for the bridge at {}", spec.bridge);
         iot_bench::raise_open_files();
         let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-        return Ok(runtime.block_on(iot_bench::idle::child(spec))?);
+        return runtime.block_on(iot_bench::idle::child(spec)).context(me);
     }
     let mut plan = if cli.smoke {
         Plan::smoke()
@@ -148,7 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         notes.push(format!(
             "(c) wants {} idle connections, but this machine allows {open_files} open files per process (hard limit, not raisable here): the bridge's are held by {} instances on the one broker (the scale-out model), the peer's limited to {}",
             plan.idle_connections,
-            plan.idle_connections.div_ceil(room.max(1)),
+            iot_bench::idle::instances(plan.idle_connections, room)?,
             room.min(plan.idle_peer_connections),
         ));
         plan.idle_peer_connections = room.min(plan.idle_peer_connections);

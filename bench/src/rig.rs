@@ -308,12 +308,11 @@ impl Bridge {
                 let addr = loopback(free_port()?);
                 let path = dir.join(file("toml"));
                 std::fs::write(&path, config(addr))
-                    .map_err(BenchError::io("writing bridge.toml"))?;
+                    .map_err(BenchError::io(format!("writing {}", path.display())))?;
                 let log = dir.join(file("log"));
-                let out = File::create(&log).map_err(BenchError::io("creating bridge.log"))?;
-                let err = out
-                    .try_clone()
-                    .map_err(BenchError::io("creating bridge.log"))?;
+                let creating = || BenchError::io(format!("creating {}", log.display()));
+                let out = File::create(&log).map_err(creating())?;
+                let err = out.try_clone().map_err(creating())?;
                 let mut child = Command::new(binary)
                     .arg("--config")
                     .arg(&path)
@@ -377,6 +376,15 @@ impl Bridge {
     }
 }
 
+impl Drop for Bridge {
+    /// A process is killed by its [`Owned`]; an in-process bridge is told to stop.
+    fn drop(&mut self) {
+        if let Running::InProcess { stop, .. } = &self.running {
+            stop.cancel();
+        }
+    }
+}
+
 /// Everything a scenario needs: certificates, the broker, the bridge and their work folder.
 pub struct Rig {
     pub certs: Certs,
@@ -417,7 +425,8 @@ impl Rig {
     }
 
     /// Starts `n` more bridge instances on the rig's broker, each ready when returned: the
-    /// scale-out model on one machine. They stop when dropped.
+    /// scale-out model on one machine (docs/operations.md, "Several instances"). They stop when
+    /// dropped.
     pub async fn more_bridges(&self, n: usize) -> Result<Vec<Bridge>, BenchError> {
         let mut more = Vec::with_capacity(n);
         for instance in 1..=n {

@@ -1,6 +1,6 @@
-//! The scale-out model (DESIGN.md, "Scale-out"): several bridge instances on one broker. Every
-//! instance streams all telemetry; command ids carry the instance id, so each instance answers
-//! its own clients' commands and ignores the acks meant for another.
+//! The scale-out model (docs/operations.md, "Several instances"): several bridge instances on
+//! one broker. Every instance streams all telemetry; command ids carry the instance id, so each
+//! instance answers its own clients' commands and ignores the acks meant for another.
 
 use std::time::{Duration, Instant};
 
@@ -81,7 +81,7 @@ async fn two_instances_on_one_broker_each_stream_everything_and_answer_only_thei
 
     // Every instance sees all telemetry.
     relay.telemetry(&json!({"t": 21.5})).await?;
-    let mut seq = Value::Null;
+    let mut seqs = Vec::new();
     for client in [&mut a, &mut b] {
         let msg = client
             .recv_until(
@@ -90,12 +90,12 @@ async fn two_instances_on_one_broker_each_stream_everything_and_answer_only_thei
             )
             .await?;
         assert_eq!(msg["data"]["t"], 21.5, "{msg}");
-        seq = msg["seq"].clone();
+        seqs.push(msg["seq"].clone());
     }
 
     // A client resuming on the other instance gets a fresh snapshot: the rings are per instance.
     let mut moved = connect_to(&env.pki, west.addr(), "alice").await?;
-    let since = json!({"epoch": east_snapshot["epoch"], "seqs": {"relay-1": seq}});
+    let since = json!({"epoch": east_snapshot["epoch"], "seqs": {"relay-1": seqs[0]}});
     let resumed = moved
         .request(
             &json!({"type": "subscribe", "req": "s2", "devices": ["relay-1"], "since": since}),
