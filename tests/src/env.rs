@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use device_sim::{BrokerOpts, DeviceHandle, DeviceIdentity, Fleet, FleetSpec, Kind};
 use iot_bridge::Config;
-use serde_json::json;
 
 use crate::https::{self, HttpResponse};
 use crate::metrics::Scrape;
@@ -157,33 +156,8 @@ impl TestEnv {
         if ids.is_empty() {
             return Ok(());
         }
-        let started = Instant::now();
         let mut client = self.connect("e2e-setup").await?;
-        for n in 0u64.. {
-            let req = format!("setup-{n}");
-            let list = client
-                .request(&json!({"type": "list", "req": req}), timeout)
-                .await?;
-            let online = |id: &&str| {
-                list["devices"].as_array().is_some_and(|all| {
-                    all.iter()
-                        .any(|d| d["id"] == *id && d["presence"] == "online")
-                })
-            };
-            if ids.iter().all(online) {
-                break;
-            }
-            if started.elapsed() > timeout {
-                return Err(E2eError::timeout(
-                    format!(
-                        "all {} devices online at the bridge; last list: {list}",
-                        ids.len()
-                    ),
-                    timeout,
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        client.wait_online(ids, timeout).await?;
         client.close().await
     }
 

@@ -251,6 +251,81 @@ impl WsClient {
         self.recv_until(|m| m["req"] == req, timeout).await
     }
 
+    /// Lists devices until the bridge says each of `ids` is online.
+    pub async fn wait_online(&mut self, ids: &[&str], timeout: Duration) -> Result<(), E2eError> {
+        let started = std::time::Instant::now();
+        for n in 0u64.. {
+            let req = format!("wait-online-{n}");
+            let list = self
+                .request(&serde_json::json!({"type": "list", "req": req}), timeout)
+                .await?;
+            let online = |id: &&str| {
+                list["devices"].as_array().is_some_and(|all| {
+                    all.iter()
+                        .any(|d| d["id"] == *id && d["presence"] == "online")
+                })
+            };
+            if ids.iter().all(online) {
+                break;
+            }
+            if started.elapsed() > timeout {
+                return Err(E2eError::timeout(
+                    format!(
+                        "all {} devices online at the bridge; last list: {list}",
+                        ids.len()
+                    ),
+                    timeout,
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// The `command_status` messages of `req` up to and including its final one (anything but
+    /// `accepted` and `sent`), in arrival order.
+    pub async fn command_statuses(
+        &mut self,
+        req: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Value>, E2eError> {
+        let mut all = Vec::new();
+        loop {
+            let msg = self
+                .recv_until(
+                    |m| m["type"] == "command_status" && m["req"] == req,
+                    timeout,
+                )
+                .await?;
+            let last = !matches!(msg["status"].as_str(), Some("accepted" | "sent"));
+            all.push(msg);
+            if last {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Pings the bridge and, once the pong is back, fails if anything (more) came for `req`:
+    /// whatever the bridge would still say about it would have come first.
+    pub async fn expect_nothing_more_for(
+        &mut self,
+        req: &str,
+        timeout: Duration,
+    ) -> Result<(), E2eError> {
+        let ping = serde_json::json!({"type": "ping", "req": format!("after-{req}")});
+        let pong = self.request(&ping, timeout).await?;
+        if pong["type"] != "pong" {
+            return Err(E2eError::Bridge(format!("ping answered with {pong}")));
+        }
+        let more: Vec<&Value> = self.backlog().filter(|m| m["req"] == req).collect();
+        if !more.is_empty() {
+            return Err(E2eError::Bridge(format!(
+                "more for {req} after its end: {more:?}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Subscribes to device ids or globs and returns the `snapshot`; an `error` answer is an error.
     pub async fn subscribe(
         &mut self,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use device_sim::Kind;
 use e2e::metrics::Scrape;
 use e2e::mqtt::{simple_meta, ManualDevice};
-use e2e::{E2eError, TestEnv, WsClient};
+use e2e::{E2eError, TestEnv};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -16,25 +16,8 @@ fn set(req: &str, device: &str, params: Value) -> Value {
     json!({"type": "command", "req": req, "device": device, "action": "set", "params": params})
 }
 
-fn is_status(req: &str) -> impl Fn(&Value) -> bool + '_ {
-    move |m: &Value| m["type"] == "command_status" && m["req"] == req
-}
-
 fn is_state<'a>(device: &'a str, key: &'a str, value: Value) -> impl Fn(&Value) -> bool + 'a {
     move |m: &Value| m["type"] == "state" && m["device"] == device && m["state"][key] == value
-}
-
-/// The statuses of one request until its final one, in arrival order.
-async fn statuses(client: &mut WsClient, req: &str) -> Result<Vec<Value>, E2eError> {
-    let mut all = Vec::new();
-    loop {
-        let msg = client.recv_until(is_status(req), WAIT).await?;
-        let last = !matches!(msg["status"].as_str(), Some("accepted" | "sent"));
-        all.push(msg);
-        if last {
-            return Ok(all);
-        }
-    }
 }
 
 fn names(statuses: &[Value]) -> Vec<&str> {
@@ -57,7 +40,7 @@ async fn set_command_reaches_the_device_and_every_subscriber_sees_the_new_state(
     // Start from "off" so the "on" state below can only come from the command under test.
     alice.send(&set("c0", &light, json!({"on": false}))).await?;
     assert_eq!(
-        names(&statuses(&mut alice, "c0").await?),
+        names(&alice.command_statuses("c0", WAIT).await?),
         ["accepted", "sent", "ok"]
     );
     bob.recv_until(is_state(&light, "on", json!(false)), WAIT)
@@ -69,7 +52,7 @@ async fn set_command_reaches_the_device_and_every_subscriber_sees_the_new_state(
     bob.take_backlog();
 
     alice.send(&set("c1", &light, json!({"on": true}))).await?;
-    let c1 = statuses(&mut alice, "c1").await?;
+    let c1 = alice.command_statuses("c1", WAIT).await?;
     assert_eq!(names(&c1), ["accepted", "sent", "ok"], "{c1:?}");
     let id = c1[0]["id"].as_str().unwrap_or_default();
     assert!(!id.is_empty());
@@ -117,7 +100,7 @@ async fn invalid_params_are_rejected_with_the_devices_reason() -> Result<(), E2e
     client
         .send(&set("r1", &light, json!({"brightness": 500})))
         .await?;
-    let r1 = statuses(&mut client, "r1").await?;
+    let r1 = client.command_statuses("r1", WAIT).await?;
     assert_eq!(names(&r1), ["accepted", "sent", "rejected"], "{r1:?}");
     let reason = r1[2]["error"].as_str().unwrap_or_default();
     assert!(
@@ -153,7 +136,7 @@ async fn a_device_that_never_answers_times_out_at_each_commands_own_deadline(
     client.send(&with_timeout("long", 4_000)).await?;
     let sent = Instant::now();
     client.send(&with_timeout("short", 300)).await?;
-    let short = statuses(&mut client, "short").await?;
+    let short = client.command_statuses("short", WAIT).await?;
     let waited = sent.elapsed();
     assert_eq!(names(&short), ["accepted", "sent", "timeout"], "{short:?}");
     assert!(
@@ -172,18 +155,10 @@ async fn a_device_that_never_answers_times_out_at_each_commands_own_deadline(
     let short_cmd = mute.next_command(WAIT).await?;
     mute.ack(&short_cmd, &json!({"on": true})).await?;
     mute.ack(&long_cmd, &json!({"on": true})).await?;
-    let long = statuses(&mut client, "long").await?;
+    let long = client.command_statuses("long", WAIT).await?;
     assert_eq!(names(&long), ["accepted", "sent", "ok"], "{long:?}");
-    // The late answer to "short" produced nothing: the next reply is the pong.
-    let pong = client
-        .request(&json!({"type": "ping", "req": "p1"}), WAIT)
-        .await?;
-    assert_eq!(pong["type"], "pong");
-    assert!(
-        client.backlog().all(|m| m["req"] != "short"),
-        "nothing more for the timed-out command: {:?}",
-        client.backlog().collect::<Vec<_>>()
-    );
+    // The late answer to "short" produced nothing.
+    client.expect_nothing_more_for("short", WAIT).await?;
     let after = env.metrics().await?;
     assert_eq!(timeouts(&after) - timeouts(&before), 1.0);
     env.shutdown().await
@@ -199,11 +174,7 @@ async fn a_command_to_an_unknown_device_is_an_error() -> Result<(), E2eError> {
     assert_eq!(answer["type"], "error", "{answer}");
     assert_eq!(answer["code"], "unknown_device", "{answer}");
     // Nothing else for that request follows.
-    let ping = client
-        .request(&json!({"type": "ping", "req": "p1"}), WAIT)
-        .await?;
-    assert_eq!(ping["type"], "pong");
-    assert!(client.backlog().all(|m| m["req"] != "u1"));
+    client.expect_nothing_more_for("u1", WAIT).await?;
     env.shutdown().await
 }
 
@@ -246,7 +217,7 @@ async fn a_killed_device_goes_offline_and_commands_to_it_answer_offline_at_once(
 
     let sent = Instant::now();
     client.send(&set("k1", &plug, json!({"on": true}))).await?;
-    let k1 = statuses(&mut client, "k1").await?;
+    let k1 = client.command_statuses("k1", WAIT).await?;
     assert_eq!(
         names(&k1),
         ["offline"],
@@ -262,7 +233,7 @@ async fn a_killed_device_goes_offline_and_commands_to_it_answer_offline_at_once(
     // The rest of the fleet is unaffected.
     client.send(&set("k2", &other, json!({"on": true}))).await?;
     assert_eq!(
-        names(&statuses(&mut client, "k2").await?),
+        names(&client.command_statuses("k2", WAIT).await?),
         ["accepted", "sent", "ok"]
     );
 
@@ -279,7 +250,7 @@ async fn a_killed_device_goes_offline_and_commands_to_it_answer_offline_at_once(
     assert_eq!(back["presence"], "online");
     client.send(&set("k3", &plug, json!({"on": true}))).await?;
     assert_eq!(
-        names(&statuses(&mut client, "k3").await?),
+        names(&client.command_statuses("k3", WAIT).await?),
         ["accepted", "sent", "ok"]
     );
     env.shutdown().await

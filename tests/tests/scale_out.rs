@@ -8,50 +8,10 @@ use e2e::audit::warnings_with;
 use e2e::load::connect_to;
 use e2e::metrics::Scrape;
 use e2e::mqtt::{simple_meta, ManualDevice};
-use e2e::{Bridge, E2eError, TestEnv, WsClient};
+use e2e::{Bridge, E2eError, TestEnv};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Lists devices through `client` until `id` is online there.
-async fn wait_online(client: &mut WsClient, id: &str) -> Result<(), E2eError> {
-    let started = Instant::now();
-    for n in 0u64.. {
-        let list = client
-            .request(&json!({"type": "list", "req": format!("list-{n}")}), WAIT)
-            .await?;
-        let online = list["devices"].as_array().is_some_and(|all| {
-            all.iter()
-                .any(|d| d["id"] == id && d["presence"] == "online")
-        });
-        if online {
-            break;
-        }
-        if started.elapsed() > WAIT {
-            return Err(E2eError::timeout(
-                format!("{id} online; last list: {list}"),
-                WAIT,
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-/// The statuses of `req` on `client` until its final one.
-async fn statuses(client: &mut WsClient, req: &str) -> Result<Vec<Value>, E2eError> {
-    let mut all = Vec::new();
-    loop {
-        let msg = client
-            .recv_until(|m| m["type"] == "command_status" && m["req"] == req, WAIT)
-            .await?;
-        let last = !matches!(msg["status"].as_str(), Some("accepted" | "sent"));
-        all.push(msg);
-        if last {
-            return Ok(all);
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_broker_each_stream_everything_and_answer_only_their_own_commands(
@@ -75,7 +35,7 @@ async fn two_instances_on_one_broker_each_stream_everything_and_answer_only_thei
     env.wait_online(&["relay-1"], WAIT).await?;
     let mut a = env.connect("alice").await?;
     let mut b = connect_to(&env.pki, west.addr(), "alice").await?;
-    wait_online(&mut b, "relay-1").await?;
+    b.wait_online(&["relay-1"], WAIT).await?;
     let east_snapshot = a.subscribe(&["relay-1"], "s", WAIT).await?;
     b.subscribe(&["relay-1"], "s", WAIT).await?;
 
@@ -125,24 +85,16 @@ async fn two_instances_on_one_broker_each_stream_everything_and_answer_only_thei
     // West's goes first, so east has seen an ack that is not its own before its own comes.
     relay.ack(&second, &json!({"on": false})).await?;
     relay.ack(&first, &json!({"on": true})).await?;
-    let via_east = statuses(&mut a, "r1").await?;
-    let via_west = statuses(&mut b, "r1").await?;
+    let via_east = a.command_statuses("r1", WAIT).await?;
+    let via_west = b.command_statuses("r1", WAIT).await?;
     for (got, on) in [(&via_east, true), (&via_west, false)] {
         let names: Vec<_> = got.iter().filter_map(|s| s["status"].as_str()).collect();
         assert_eq!(names, ["accepted", "sent", "ok"], "{got:?}");
         assert_eq!(got[2]["result"], json!({"on": on}), "{got:?}");
     }
-    // Nothing more for r1 on either side: the next reply is the pong.
+    // Nothing more for r1 on either side.
     for client in [&mut a, &mut b] {
-        let pong = client
-            .request(&json!({"type": "ping", "req": "p1"}), WAIT)
-            .await?;
-        assert_eq!(pong["type"], "pong");
-        assert!(
-            client.backlog().all(|m| m["req"] != "r1"),
-            "{:?}",
-            client.backlog().collect::<Vec<_>>()
-        );
+        client.expect_nothing_more_for("r1", WAIT).await?;
     }
 
     // One instance going away leaves the other serving: west stops, east still answers.
@@ -150,7 +102,7 @@ async fn two_instances_on_one_broker_each_stream_everything_and_answer_only_thei
     a.send(&cmd(false)).await?;
     let third = relay.next_command(WAIT).await?;
     relay.ack(&third, &json!({"on": false})).await?;
-    let after = statuses(&mut a, "r1").await?;
+    let after = a.command_statuses("r1", WAIT).await?;
     assert_eq!(
         after.last().map(|s| &s["status"]),
         Some(&json!("ok")),
