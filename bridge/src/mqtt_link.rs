@@ -171,12 +171,14 @@ impl MqttLink {
                         } else if short.ended(now) {
                             warn!(
                                 client_id = %self.client_id,
-                                "the broker closed the link {} times within {} s of accepting it: \
-                                 is another client connected with the same client id, such as \
-                                 another bridge with the same instance_id? The broker drops the \
-                                 older of two connections with one id; give every instance its own",
+                                "the broker closed the link {} times in {} s, each time within {} s \
+                                 of accepting it: is another client connected with the same client \
+                                 id, such as another bridge with the same instance_id? The broker \
+                                 drops the older of two connections with one id; give every \
+                                 instance its own",
                                 ShortLived::COUNT,
                                 ShortLived::WINDOW.as_secs(),
+                                STABLE.as_secs(),
                             );
                         }
                     }
@@ -241,7 +243,6 @@ impl MqttLink {
     }
 }
 
-/// Exponential backoff with full jitter: uniform in [min, min * 2^attempt] capped at max.
 /// Connections the broker accepted and then dropped within [`STABLE`]: [`ShortLived::COUNT`]
 /// of them within [`ShortLived::WINDOW`] are worth a warning, once per window.
 #[derive(Debug, Default)]
@@ -269,6 +270,7 @@ impl ShortLived {
     }
 }
 
+/// Exponential backoff with full jitter: uniform in [min, min * 2^attempt] capped at max.
 pub fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
     let ceiling = min
         .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
