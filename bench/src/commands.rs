@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::clients::{connect_bridge, connect_peer, drain_packets, Side, Ws};
 use crate::mqtt::{self, Packet, QoS};
-use crate::recorder::histogram;
+use crate::recorder::{histogram, quantile};
 use crate::rig::Rig;
 use crate::telemetry::{now_ns, parse_bridge, AckResult};
 use crate::BenchError;
@@ -108,7 +108,7 @@ impl CommandReport {
 
     /// One line for the run's log.
     pub fn describe(&self) -> String {
-        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e6;
+        let ms = |h: &Histogram<u64>, q: f64| quantile(h, q).as_secs_f64() * 1e3;
         format!(
             "{} commands, {} ok, {} failed, p50 {:.2} ms, p99 {:.2} ms (to the device p50 {:.2} ms, back p50 {:.2} ms)",
             self.sent,

@@ -142,37 +142,19 @@ pub async fn run(
     } else {
         1
     };
+    // Stopped at the end, or when dropped on an error.
     let more = rig.more_bridges(instances - 1).await?;
-    let result = measure(rig, side, n, instances, &more, child_exe, window).await;
-    for mut b in more {
-        b.stop().await;
-    }
-    result
-}
-
-async fn measure(
-    rig: &Rig,
-    side: Side,
-    n: usize,
-    instances: usize,
-    more: &[Bridge],
-    child_exe: Option<&Path>,
-    window: Duration,
-) -> Result<Idle, BenchError> {
-    let servers = Servers { rig, side, more };
+    let servers = Servers {
+        rig,
+        side,
+        more: &more,
+    };
     let before = servers.usage();
     let started = Instant::now();
     let mut clients = if instances == 1 {
-        Clients::Here(
-            ClientSet::connect_with(
-                &Targets::of(rig),
-                side,
-                n,
-                Sources::for_connections(n, 0),
-                true,
-            )
-            .await?,
-        )
+        let targets = Targets::of(rig);
+        let sources = Sources::for_connections(n, 0);
+        Clients::Here(ClientSet::connect_with(&targets, side, n, sources, true).await?)
     } else {
         let exe = child_exe.ok_or_else(|| {
             BenchError::Setup(format!(
@@ -182,29 +164,7 @@ async fn measure(
         let bridges: Vec<SocketAddr> = std::iter::once(rig.bridge.addr)
             .chain(more.iter().map(|b| b.addr))
             .collect();
-        let (cert, key, _) = rig.certs.paths.user(USER);
-        let identity = Identity {
-            ca: rig.certs.paths.ca_cert.clone(),
-            cert,
-            key,
-        };
-        let mut children = Vec::new();
-        for (index, spec) in child_specs(n, &bridges, &identity).iter().enumerate() {
-            children.push(Child::spawn(exe, index, spec)?);
-        }
-        // They connect side by side; each says when all of its connections are open.
-        for c in &mut children {
-            match tokio::time::timeout(CHILD_CONNECT_TIMEOUT, c.expect("connected")).await {
-                Ok(said) => said?,
-                Err(_) => {
-                    return Err(BenchError::Timeout(format!(
-                        "{} opening its connections",
-                        c.name()
-                    )))
-                }
-            };
-        }
-        Clients::Children(children)
+        Clients::children(exe, rig, n, &bridges).await?
     };
     let connect_time = started.elapsed();
     // Let allocations from the handshakes settle before taking the "all open" figures.
@@ -228,6 +188,9 @@ async fn measure(
         }),
         _ => None,
     };
+    for mut b in more {
+        b.stop().await;
+    }
     Ok(Idle {
         side,
         wanted: n,
@@ -246,6 +209,36 @@ enum Clients {
 }
 
 impl Clients {
+    /// One client process per bridge in `bridges`, each with its share of `n`; returns once
+    /// every process has opened its connections.
+    async fn children(
+        exe: &Path,
+        rig: &Rig,
+        n: usize,
+        bridges: &[SocketAddr],
+    ) -> Result<Clients, BenchError> {
+        let (cert, key, _) = rig.certs.paths.user(USER);
+        let identity = Identity {
+            ca: rig.certs.paths.ca_cert.clone(),
+            cert,
+            key,
+        };
+        let mut children = Vec::new();
+        for (index, spec) in child_specs(n, bridges, &identity).iter().enumerate() {
+            children.push(Child::spawn(exe, index, spec)?);
+        }
+        // They connect side by side; each says when all of its connections are open.
+        for c in &mut children {
+            let Ok(said) = tokio::time::timeout(CHILD_CONNECT_TIMEOUT, c.expect("connected")).await
+            else {
+                let what = format!("{} opening its connections", c.name());
+                return Err(BenchError::Timeout(what));
+            };
+            said?;
+        }
+        Ok(Clients::Children(children))
+    }
+
     async fn subscribe(&mut self) -> Result<(), BenchError> {
         match self {
             Clients::Here(set) => set.subscribe_deferred().await,

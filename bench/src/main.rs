@@ -174,7 +174,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         mosquitto: peer,
         websockets: true,
         bridge: BridgeMode::Process(bridge),
-        max_connections: plan.idle_connections.min(room).max(plan.b3.clients) + 1000,
+        max_connections: plan
+            .idle_connections
+            .min(plan.idle_per_process)
+            .max(plan.b3.clients)
+            + 1000,
         limits: cli.bridge_limits.clone(),
     };
     let info = RunInfo {

@@ -58,7 +58,7 @@ impl Trial {
     }
 
     pub fn p(&self, quantile: f64) -> Duration {
-        Duration::from_nanos(self.latency.value_at_quantile(quantile))
+        crate::recorder::quantile(&self.latency, quantile)
     }
 
     /// Whether this trial counts as sustained at its rate (see the constants above).

@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
@@ -19,6 +20,11 @@ const MAX_NS: u64 = 60_000_000_000;
 pub fn histogram() -> Histogram<u64> {
     // Constant bounds that hdrhistogram documents as valid: not input, cannot fail.
     Histogram::new_with_bounds(1, MAX_NS, 3).expect("valid constant histogram bounds")
+}
+
+/// The latency at quantile `q` of a histogram of nanoseconds made by [`histogram`].
+pub fn quantile(h: &Histogram<u64>, q: f64) -> Duration {
+    Duration::from_nanos(h.value_at_quantile(q))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -5,10 +5,12 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::clients::Side;
+use crate::commands::CommandReport;
 use crate::fleet::FleetResult;
 use crate::idle::Idle;
 use crate::measure::{Search, Trial};
 use crate::plan::{Commands, Pair, Results};
+use crate::recorder::quantile as q;
 
 /// Targets of scenarios (c) and (d), in bytes (KB = 1000 bytes: the stricter reading).
 const IDLE_BYTES: f64 = 20_000.0;
@@ -364,7 +366,6 @@ fn fleet_rows(rows: &mut Vec<Row>, d: &Result<FleetResult, String>) {
 
 fn command_rows(rows: &mut Vec<Row>, e: &Pair<Commands>) {
     let (b, p) = (&e.bridge.commands, e.peer.as_ref().map(|p| &p.commands));
-    let q = |h: &hdrhistogram::Histogram<u64>, q: f64| Duration::from_nanos(h.value_at_quantile(q));
     let (b50, b99) = (q(&b.latency, 0.5), q(&b.latency, 0.99));
     rows.push(Row {
         id: "e",
@@ -388,7 +389,7 @@ fn command_rows(rows: &mut Vec<Row>, e: &Pair<Commands>) {
         target: "<= 3 ms",
         met: Some(b99 <= Duration::from_millis(3)),
     });
-    let legs = |c: &crate::commands::CommandReport| {
+    let legs = |c: &CommandReport| {
         let (to, back) = (&c.legs.to_device, &c.legs.from_device);
         format!(
             "{} / {} (p99 {} / {})",
@@ -408,7 +409,7 @@ fn command_rows(rows: &mut Vec<Row>, e: &Pair<Commands>) {
         met: None,
     });
     let (bq, pq) = (&e.bridge.quiet, e.peer.as_ref().map(|p| &p.quiet));
-    let floor = |c: &crate::commands::CommandReport| {
+    let floor = |c: &CommandReport| {
         format!(
             "{} / {} ({}/{} ok)",
             ms(q(&c.latency, 0.5)),
@@ -431,7 +432,7 @@ fn command_rows(rows: &mut Vec<Row>, e: &Pair<Commands>) {
         target: "(reported)",
         met: None,
     });
-    let answered = |c: &crate::commands::CommandReport| format!("{}/{} ok", c.ok, c.sent);
+    let answered = |c: &CommandReport| format!("{}/{} ok", c.ok, c.sent);
     rows.push(Row {
         id: "e",
         measure: "commands answered ok".into(),

@@ -266,7 +266,8 @@ pub struct Bridge {
 
 impl Bridge {
     /// Starts bridge instance `instance` (0 is the rig's own; others have their own instance
-    /// id, port and files, as several instances on one broker would).
+    /// id, port and files, as several instances on one broker would) and returns once its
+    /// broker link is up.
     pub async fn start(
         opts: &RigOptions,
         broker: &Broker,
@@ -349,7 +350,9 @@ impl Bridge {
             }
         };
         let (addr, running) = running;
-        Ok(Bridge { addr, running })
+        let bridge = Bridge { addr, running };
+        crate::clients::wait_bridge_ready(addr, &certs.user, START_TIMEOUT).await?;
+        Ok(bridge)
     }
 
     /// The bridge's own process id, when it runs as a process.
@@ -401,16 +404,14 @@ impl Rig {
         let work = tempfile::tempdir().map_err(BenchError::io("creating a temporary folder"))?;
         let broker = Broker::start(&opts.mosquitto, opts.websockets, &certs, work.path())?;
         let bridge = Bridge::start(&opts, &broker, &certs, work.path(), 0).await?;
-        let rig = Rig {
+        Ok(Rig {
             certs,
             broker,
             bridge,
             opts,
             bridge_running: true,
             work,
-        };
-        crate::clients::wait_bridge_ready(rig.bridge.addr, &rig.certs.user, START_TIMEOUT).await?;
-        Ok(rig)
+        })
     }
 
     /// Replaces the bridge with a fresh one (same broker): for a clean memory baseline, or to
@@ -421,7 +422,7 @@ impl Rig {
         self.bridge =
             Bridge::start(&self.opts, &self.broker, &self.certs, self.work.path(), 0).await?;
         self.bridge_running = true;
-        crate::clients::wait_bridge_ready(self.bridge.addr, &self.certs.user, START_TIMEOUT).await
+        Ok(())
     }
 
     /// Starts `n` more bridge instances on the rig's broker, each ready when returned: the
@@ -430,16 +431,8 @@ impl Rig {
     pub async fn more_bridges(&self, n: usize) -> Result<Vec<Bridge>, BenchError> {
         let mut more = Vec::with_capacity(n);
         for instance in 1..=n {
-            let b = Bridge::start(
-                &self.opts,
-                &self.broker,
-                &self.certs,
-                self.work.path(),
-                instance,
-            )
-            .await?;
-            crate::clients::wait_bridge_ready(b.addr, &self.certs.user, START_TIMEOUT).await?;
-            more.push(b);
+            let dir = self.work.path();
+            more.push(Bridge::start(&self.opts, &self.broker, &self.certs, dir, instance).await?);
         }
         Ok(more)
     }

@@ -118,19 +118,13 @@ async fn every_message_is_delivered_and_every_command_answered() {
             "(e) {side}: every answer carried the device's stamp, so every round trip splits"
         );
         // Each leg crosses processes over TLS: a stamp taken anywhere but at the device would
-        // leave one leg next to nothing. And the legs add up to the round trip.
+        // leave one leg next to nothing.
         let p50 = |h: &hdrhistogram::Histogram<u64>| h.value_at_quantile(0.5);
         assert!(
             p50(&legs.to_device) >= 10_000 && p50(&legs.from_device) >= 10_000,
             "(e) {side}: legs p50 {} / {} ns",
             p50(&legs.to_device),
             p50(&legs.from_device)
-        );
-        let sum = legs.to_device.mean() + legs.from_device.mean();
-        let whole = c.commands.latency.mean();
-        assert!(
-            (sum - whole).abs() <= whole * 0.01,
-            "(e) {side}: legs {sum} ns against the round trip {whole} ns"
         );
         assert_eq!(
             c.telemetry.delivered, c.telemetry.expected,
