@@ -49,6 +49,21 @@ impl Table {
         self.deadlines.remove(&p.deadline);
         Some(p)
     }
+
+    /// Takes out every command whose deadline is `now` or earlier, earliest first.
+    fn take_due(&mut self, now: Instant) -> Vec<(String, Pending)> {
+        let mut due = Vec::new();
+        while let Some(entry) = self.deadlines.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let id = entry.remove();
+            if let Some(p) = self.pending.remove(&id) {
+                due.push((id, p));
+            }
+        }
+        due
+    }
 }
 
 #[derive(Debug)]
@@ -213,20 +228,7 @@ impl Commands {
 
     /// Concludes every command whose deadline is `now` or earlier with `timeout`.
     fn expire_due(&self, now: Instant) {
-        let due: Vec<(String, Pending)> = {
-            let mut table = self.lock();
-            let mut due = Vec::new();
-            while let Some(entry) = table.deadlines.first_entry() {
-                if entry.key().0 > now {
-                    break;
-                }
-                let id = entry.remove();
-                if let Some(p) = table.pending.remove(&id) {
-                    due.push((id, p));
-                }
-            }
-            due
-        };
+        let due = self.lock().take_due(now);
         for (id, p) in due {
             let timeout = p.deadline.0 - p.started;
             let reason = format!(
