@@ -322,6 +322,23 @@ fn idle_rows(rows: &mut Vec<Row>, c: &Pair<Idle>, devices: usize) {
         target: "near zero (<= 1%)",
         met: b.cpu_share().map(|s| s <= IDLE_CPU),
     });
+    // The two sides hold different counts (the peer is one process), so compare per connection.
+    let per_10k = |i: &Idle| Some(i.cpu_share()? * 1e4 / i.held.max(1) as f64);
+    let (bc, pc) = (per_10k(b), p.and_then(per_10k));
+    let text = |s: Option<f64>| s.map_or("-".into(), |s| format!("{:.2}% of a core", s * 100.0));
+    rows.push(Row {
+        id: "c",
+        measure: "the same per 10,000 connections (the peer's MQTT clients send no keepalive)"
+            .into(),
+        bridge: text(bc),
+        peer: text(pc),
+        ratio: match (bc, pc) {
+            (Some(b), Some(p)) => ratio(b, p),
+            _ => "-".into(),
+        },
+        target: "(reported)",
+        met: None,
+    });
 }
 
 fn fleet_rows(rows: &mut Vec<Row>, d: &Result<FleetResult, String>) {
