@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 
 use crate::history::{Query, Ring, Sample};
-use crate::outbox::{Frame, Outbox};
+use crate::outbox::{Frame, Held, Outbox};
 use crate::protocol::{DeviceView, ListEntry, Presence, SampleView, ServerMsg, Wire, WireSet};
 use crate::resume::ResumePoint;
 use crate::telemetry::{self, Data, View};
@@ -401,8 +401,18 @@ impl Hub {
         }
     }
 
-    pub fn register(&self, outbox: Arc<Outbox>, wire: Wire, readable: ReadScope) -> SessionId {
+    /// Adds a session whose outbox first gets `welcome(broker_up)`. Both happen under the lock
+    /// that broker state changes take, so the welcome comes before anything the hub sends, and
+    /// the broker state it tells is the one that later `broker` messages change.
+    pub fn register(
+        &self,
+        outbox: Arc<Outbox>,
+        wire: Wire,
+        readable: ReadScope,
+        welcome: impl FnOnce(bool) -> Frame,
+    ) -> SessionId {
         let mut inner = self.lock();
+        outbox.push(welcome(self.broker_up()));
         inner.next_session += 1;
         let id = inner.next_session;
         inner.sessions.insert(
@@ -455,16 +465,19 @@ impl Hub {
         };
         let before = s.scope.clone();
         s.scope.readable = readable;
-        Self::resync(devices, session, &before, s);
+        Self::resync(devices, session, &before, s, Held::Send);
     }
 
     /// Brings every device's subscriber list in line with the session's scope, which was
     /// `before` (so a session's first subscribe appends, with no search through the lists).
+    /// A device whose subscription changed ends its rate limit, and the frame held back by it
+    /// goes as `on_change` says.
     fn resync(
         devices: &mut BTreeMap<Arc<str>, Device>,
         session: SessionId,
         before: &Scope,
         s: &SessionSubs,
+        on_change: Held,
     ) {
         for (id, d) in devices.iter_mut() {
             let wanted = s.scope.subscriber_for(id);
@@ -476,12 +489,13 @@ impl Hub {
                 (Some(sub), Some(i)) => {
                     if !Arc::ptr_eq(&d.subscribers[i].1, sub) {
                         d.subscribers[i].1 = sub.clone();
+                        s.outbox.end_throttle(id, on_change);
                     }
                 }
                 (Some(sub), None) => d.subscribers.push((session, sub.clone())),
                 (None, Some(i)) => {
                     d.subscribers.swap_remove(i);
-                    s.outbox.clear_throttle(id);
+                    s.outbox.end_throttle(id, Held::Drop);
                 }
                 (None, None) => {}
             }
@@ -526,7 +540,8 @@ impl Hub {
             parsed.iter().map(|p| (p.clone(), entry.clone())).collect();
         subs.append(&mut s.scope.subs);
         s.scope.subs = subs;
-        Self::resync(devices, session, &before, s);
+        // Every device whose subscription this changes is in the snapshot queued below.
+        Self::resync(devices, session, &before, s, Held::Drop);
 
         let readable = &s.scope.readable;
         let matched: Vec<&Device> = devices
@@ -622,7 +637,7 @@ impl Hub {
             }
             !drop
         });
-        Self::resync(devices, session, &before, s);
+        Self::resync(devices, session, &before, s, Held::Send);
         removed
     }
 

@@ -22,9 +22,13 @@ fn all() -> ReadScope {
     Arc::new(|_: &str| true)
 }
 
+/// A registered session, its welcome already read.
 fn session(hub: &Hub, readable: ReadScope) -> (SessionId, Arc<Outbox>) {
     let outbox = Outbox::new(10_000, usize::MAX);
-    (hub.register(outbox.clone(), Wire::Json, readable), outbox)
+    let welcome = |_| Frame::control(&ServerMsg::Pong { req: None }, Wire::Json);
+    let sid = hub.register(outbox.clone(), Wire::Json, readable, welcome);
+    assert_eq!(outbox.drain_json().len(), 1, "the welcome");
+    (sid, outbox)
 }
 
 fn subscribe(
@@ -379,4 +383,65 @@ fn subscription_with_fields(fields: &[&str]) -> SubOptions {
         fields: Some(fields.iter().map(|f| f.to_string()).collect()),
         min_interval: None,
     }
+}
+
+fn throttled(every: Duration) -> SubOptions {
+    SubOptions {
+        fields: None,
+        min_interval: Some(every),
+    }
+}
+
+/// What `frames` say, in order: `snapshot@seq` (the first device's; `null` when empty) or
+/// `telemetry@seq`.
+fn kinds(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| match f["type"].as_str() {
+            Some("snapshot") => format!("snapshot@{}", f["devices"][0]["seq"]),
+            Some(t) => format!("{t}@{}", f["seq"]),
+            None => panic!("a frame without a type: {f}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_subscribe_drops_what_the_old_rate_limit_held_since_its_snapshot_carries_it() {
+    let hub = hub(100);
+    let (sid, outbox) = session(&hub, all());
+    subscribe(&hub, sid, &["m"], None, throttled(Duration::from_secs(60)));
+    telemetry(&hub, "m", 1); // the first one goes at once
+    telemetry(&hub, "m", 2); // held for a minute
+    subscribe(&hub, sid, &["m"], None, SubOptions::default());
+    assert_eq!(outbox.next_due(), None, "nothing is held any more");
+    telemetry(&hub, "m", 3); // no rate limit now: goes at once
+    assert_eq!(
+        kinds(&outbox.drain_json()),
+        ["snapshot@null", "telemetry@1", "snapshot@2", "telemetry@3"],
+        "seq 2 comes once, in the snapshot"
+    );
+}
+
+#[test]
+fn unsubscribing_a_rate_limited_pattern_sends_what_it_held_before_anything_newer() {
+    let hub = hub(100);
+    let (sid, outbox) = session(&hub, all());
+    telemetry(&hub, "m", 1);
+    subscribe(&hub, sid, &["*"], None, SubOptions::default());
+    subscribe(&hub, sid, &["m*"], None, throttled(Duration::from_secs(60)));
+    telemetry(&hub, "m", 2); // the first one goes at once
+    telemetry(&hub, "m", 3); // held by m*
+    assert_eq!(hub.unsubscribe(sid, &["m*".to_string()]), ["m*"]);
+    telemetry(&hub, "m", 4); // through *, unthrottled
+    assert_eq!(
+        kinds(&outbox.drain_json()),
+        [
+            "snapshot@1",
+            "snapshot@1",
+            "telemetry@2",
+            "telemetry@3",
+            "telemetry@4"
+        ]
+    );
+    assert_eq!(outbox.next_due(), None);
 }

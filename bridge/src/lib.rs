@@ -38,8 +38,9 @@ pub mod telemetry;
 pub mod tls;
 pub mod topic;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -47,7 +48,7 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use config::Config;
 
@@ -73,6 +74,8 @@ pub enum BridgeError {
     Link(#[from] mqtt_link::LinkError),
     #[error(transparent)]
     Acl(#[from] acl::AclError),
+    #[error("the {0} task failed (see the log above), so the bridge stopped: start it again")]
+    TaskFailed(&'static str),
 }
 
 /// How the caller steers a running bridge.
@@ -195,12 +198,16 @@ pub async fn run_with(
     )?;
     let stop_link = CancellationToken::new();
     let link_handle = link.handle();
-    let link_task = tokio::spawn(link.run(stop_link.clone()));
+    let essential = Essential::new(shutdown.clone());
+    essential.spawn("broker link", link.run(stop_link.clone()));
 
     let keepalive =
         keepalive::Keepalive::new(Duration::from_secs(config.limits.ping_interval_secs));
-    tokio::spawn(keepalive.clone().run(stop_link.clone()));
-    tokio::spawn(commands.clone().expire(stop_link.clone()));
+    essential.spawn("keepalive", keepalive.clone().run(stop_link.clone()));
+    essential.spawn(
+        "command deadline",
+        commands.clone().expire(stop_link.clone()),
+    );
 
     let grace = config.grace();
     let config_rate = (config.limits.command_rate, config.limits.command_burst);
@@ -221,7 +228,7 @@ pub async fn run_with(
         acl_version: AtomicU64::new(0),
         acceptor: RwLock::new(TlsAcceptor::from(tls)),
     });
-    tokio::spawn(reload::watch(shared.clone(), control.reload));
+    essential.spawn("reload", reload::watch(shared.clone(), control.reload));
     if let Ok(addr) = listeners.https.local_addr() {
         info!(%addr, instance = %shared.instance, "bridge listening");
     }
@@ -248,7 +255,88 @@ pub async fn run_with(
         );
     }
     stop_link.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(1), link_task).await;
+    essential.tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), essential.tasks.wait()).await;
     info!("bridge stopped");
-    Ok(())
+    match essential.failed() {
+        Some(task) => Err(BridgeError::TaskFailed(task)),
+        None => Ok(()),
+    }
+}
+
+/// The tasks a bridge cannot work without: the broker link, the keepalive wheel, command
+/// deadlines, reloads. They end only once shutdown has begun; one that ends before (it
+/// panicked: a bug) shuts the bridge down, and [`run`] then fails, so that whatever supervises
+/// it starts it afresh, instead of a bridge that still answers `/readyz` with a dead link.
+struct Essential {
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    failed: Arc<Mutex<Option<&'static str>>>,
+}
+
+impl Essential {
+    fn new(shutdown: CancellationToken) -> Essential {
+        Essential {
+            shutdown,
+            tasks: TaskTracker::new(),
+            failed: Arc::default(),
+        }
+    }
+
+    fn spawn(&self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let task = tokio::spawn(task);
+        let (shutdown, failed) = (self.shutdown.clone(), self.failed.clone());
+        self.tasks.spawn(async move {
+            let ended = task.await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let how = if ended.is_err() { "panicked" } else { "ended" };
+            error!(
+                task = name,
+                "the {name} task {how}: the bridge stops, to be started afresh"
+            );
+            failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(name);
+            shutdown.cancel();
+        });
+    }
+
+    /// The first task that failed, if any.
+    fn failed(&self) -> Option<&'static str> {
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_essential_task_that_panics_stops_the_bridge_and_is_named() {
+        let shutdown = CancellationToken::new();
+        let essential = Essential::new(shutdown.clone());
+        essential.spawn("steady", shutdown.clone().cancelled_owned());
+        essential.spawn("faulty", async { panic!("a bug") });
+        tokio::time::timeout(Duration::from_secs(5), shutdown.cancelled())
+            .await
+            .expect("the panic begins shutdown");
+        essential.tasks.close();
+        essential.tasks.wait().await;
+        assert_eq!(essential.failed(), Some("faulty"));
+    }
+
+    #[tokio::test]
+    async fn essential_tasks_that_end_once_shutdown_began_are_no_failure() {
+        let shutdown = CancellationToken::new();
+        let essential = Essential::new(shutdown.clone());
+        essential.spawn("steady", shutdown.clone().cancelled_owned());
+        shutdown.cancel();
+        essential.spawn("late", async {});
+        essential.tasks.close();
+        essential.tasks.wait().await;
+        assert_eq!(essential.failed(), None);
+    }
 }

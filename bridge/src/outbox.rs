@@ -156,6 +156,15 @@ impl Inner {
     }
 }
 
+/// What becomes of a frame held back by a rate limit that ends (see [`Outbox::end_throttle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Nobody wants it any more, or a snapshot about to be queued carries it.
+    Drop,
+    /// Still wanted, and due before anything newer.
+    Send,
+}
+
 #[derive(Debug)]
 struct Throttle {
     next_allowed: Instant,
@@ -287,9 +296,14 @@ impl Outbox {
         }
     }
 
-    /// Forgets the rate limit of devices no longer subscribed with one.
-    pub fn clear_throttle(&self, device: &str) {
-        self.lock().throttle.remove(device);
+    /// Ends the rate limit of `device`, whose subscription changed or ended. A frame it held
+    /// back is dropped or queued now, as `held` says: left in place, it would come after newer
+    /// telemetry, or after a snapshot that already carries it.
+    pub fn end_throttle(&self, device: &str, held: Held) {
+        let frame = self.lock().throttle.remove(device).and_then(|t| t.held);
+        if let (Some(frame), Held::Send) = (frame, held) {
+            self.push(frame);
+        }
     }
 
     /// Moves up to `max` frames, and about `max_bytes` (at least one frame), into `out`.

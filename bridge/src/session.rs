@@ -40,10 +40,20 @@ pub async fn run(socket: WebSocket, wire: Wire, peer: Peer, shared: Arc<Shared>)
     let acl_version = shared.acl_version();
     let grants = shared.acl().grants(&peer.identity);
     let readable = read_scope(&grants);
-    let id = shared.hub.register(outbox.clone(), wire, readable.clone());
+    let first = |broker_up| welcome(&shared, &peer.identity, &grants, wire, broker_up);
+    let id = shared
+        .hub
+        .register(outbox.clone(), wire, readable.clone(), first);
+    shared.metrics.client(wire).inc();
+    // Leaves the hub however the session ends, a panic included: an outbox left registered
+    // would keep collecting frames that nobody drains.
+    let _registered = Registered {
+        shared: shared.clone(),
+        id,
+        wire,
+    };
     let span =
         tracing::info_span!("session", peer = %peer.addr, identity = %peer.identity, session = id);
-    shared.metrics.client(wire).inc();
     let session = Session {
         id,
         wire,
@@ -55,8 +65,20 @@ pub async fn run(socket: WebSocket, wire: Wire, peer: Peer, shared: Arc<Shared>)
         acl_version,
     };
     session.run(socket).instrument(span).await;
-    shared.hub.unregister(id);
-    shared.metrics.client(wire).dec();
+}
+
+/// A session's place in the hub and in the client gauge, given up when dropped.
+struct Registered {
+    shared: Arc<Shared>,
+    id: SessionId,
+    wire: Wire,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.shared.hub.unregister(self.id);
+        self.shared.metrics.client(self.wire).dec();
+    }
 }
 
 struct Session {
@@ -71,6 +93,30 @@ struct Session {
     acl_version: u64,
 }
 
+/// The first message of every session: who the client is, what it may do, what the bridge
+/// offers.
+fn welcome(shared: &Shared, identity: &str, grants: &Grants, wire: Wire, broker_up: bool) -> Frame {
+    let limits = &shared.config.limits;
+    let (read, control) = (grants.read_patterns(), grants.control_patterns());
+    let msg = ServerMsg::Welcome {
+        protocol: protocol::PROTOCOL_VERSION,
+        server: format!("iot-bridge {}", crate::VERSION),
+        instance: &shared.instance,
+        identity,
+        permissions: Permissions {
+            read: &read,
+            control: &control,
+        },
+        broker: if broker_up { "up" } else { "down" },
+        limits: LimitsView {
+            max_frame_bytes: limits.max_frame_bytes,
+            max_subscriptions: limits.max_subscriptions,
+        },
+        features: protocol::FEATURES,
+    };
+    Frame::control(&msg, wire)
+}
+
 fn read_scope(grants: &Grants) -> ReadScope {
     let grants = grants.clone();
     Arc::new(move |id: &str| grants.can_read(id))
@@ -79,13 +125,14 @@ fn read_scope(grants: &Grants) -> ReadScope {
 /// Why the loop ended and what to tell the client.
 enum End {
     PeerGone,
+    /// The client sent a close frame: the library has queued the answer, still to be written.
+    ClientClosed,
     /// Close code, reason for the client, reason label for metrics.
     Close(u16, &'static str, &'static str),
 }
 
 impl Session {
     async fn run(mut self, ws: WebSocket) {
-        self.welcome();
         // A turn of the loop polls only what belongs to this session. Shutdown, ACL reloads and
         // keepalive pings reach it through its outbox (`Hub::nudge_sessions`, `keepalive`),
         // not as futures on shared state that every session would lock on every turn or as a
@@ -139,7 +186,7 @@ impl Session {
                         match msg {
                             Message::Text(text) => self.on_frame(Frame_::Text(&text)),
                             Message::Binary(bytes) => self.on_frame(Frame_::Binary(&bytes)),
-                            Message::Close(_) => break End::PeerGone,
+                            Message::Close(_) => break End::ClientClosed,
                             Message::Ping(_) | Message::Pong(_) => {}
                         }
                     }
@@ -181,23 +228,30 @@ impl Session {
             }
         };
         let ws = ws.get_mut();
-        if let End::Close(code, reason, label) = end {
-            self.shared.metrics.closed(label);
-            debug!(code, reason, "closing session");
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                let _ = ws.send(Message::Close(Some(frame))).await;
-                // Wait briefly for the client's close so the TCP close is clean.
-                while let Some(Ok(msg)) = ws.next().await {
-                    if matches!(msg, Message::Close(_)) {
-                        break;
+        match end {
+            End::PeerGone => {}
+            End::ClientClosed => {
+                // The close handshake: echo the client's close, so it sees a clean close.
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
+            }
+            End::Close(code, reason, label) => {
+                self.shared.metrics.closed(label);
+                debug!(code, reason, "closing session");
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = ws.send(Message::Close(Some(frame))).await;
+                    // Wait briefly for the client's close so the TCP close is clean.
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if matches!(msg, Message::Close(_)) {
+                            break;
+                        }
                     }
-                }
-            })
-            .await;
+                })
+                .await;
+            }
         }
         info!("websocket session ended");
     }
@@ -319,32 +373,6 @@ impl Session {
                 return Ok(written);
             }
         }
-    }
-
-    fn welcome(&self) {
-        let config = &self.shared.config;
-        let (read, control) = (self.grants.read_patterns(), self.grants.control_patterns());
-        let msg = ServerMsg::Welcome {
-            protocol: protocol::PROTOCOL_VERSION,
-            server: format!("iot-bridge {}", crate::VERSION),
-            instance: &self.shared.instance,
-            identity: &self.peer.identity,
-            permissions: Permissions {
-                read: &read,
-                control: &control,
-            },
-            broker: if self.shared.hub.broker_up() {
-                "up"
-            } else {
-                "down"
-            },
-            limits: LimitsView {
-                max_frame_bytes: config.limits.max_frame_bytes,
-                max_subscriptions: config.limits.max_subscriptions,
-            },
-            features: protocol::FEATURES,
-        };
-        self.send(&msg);
     }
 
     /// The ACL changed: recompute what this identity may do; streams it may no longer read stop.
@@ -598,6 +626,11 @@ impl Drop for Pacer {
     }
 }
 
+/// The slowest `max_rate_hz`: once a day. Slower rates would hold a value for longer than a
+/// `Duration` added to an `Instant` can reach, and no dashboard waits that long.
+const MIN_RATE_HZ: f64 = 1.0 / 86_400.0;
+const MAX_RATE_HZ: f64 = 1000.0;
+
 /// Checks `max_rate_hz` and `fields` of a subscribe.
 fn subscription_options(
     max_rate_hz: Option<f64>,
@@ -605,10 +638,11 @@ fn subscription_options(
 ) -> Result<SubOptions, &'static str> {
     let min_interval = match max_rate_hz {
         None => None,
-        Some(hz) if hz.is_finite() && hz > 0.0 && hz <= 1000.0 => {
+        // Also refuses NaN, which compares false to everything.
+        Some(hz) if (MIN_RATE_HZ..=MAX_RATE_HZ).contains(&hz) => {
             Some(Duration::from_secs_f64(1.0 / hz))
         }
-        Some(_) => return Err("max_rate_hz must be a number above 0 and at most 1000"),
+        Some(_) => return Err("max_rate_hz must be a number from 1/86400 (once a day) to 1000"),
     };
     let fields = match fields {
         None => None,
@@ -636,9 +670,24 @@ mod tests {
         let o = subscription_options(Some(4.0), Some(vec!["t".into()])).unwrap();
         assert_eq!(o.min_interval, Some(Duration::from_millis(250)));
         assert_eq!(o.fields.as_deref(), Some(&["t".to_string()][..]));
-        for hz in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e6] {
+        for hz in [
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            1e6,
+            1e-6,
+            1e-19,
+            1e-20,
+            5e-324,
+        ] {
             assert!(subscription_options(Some(hz), None).is_err(), "{hz}");
         }
+        let slowest = subscription_options(Some(MIN_RATE_HZ), None).unwrap();
+        let day = slowest.min_interval.unwrap();
+        assert!(day.abs_diff(Duration::from_secs(86_400)) < Duration::from_millis(1));
+        let fastest = subscription_options(Some(MAX_RATE_HZ), None).unwrap();
+        assert_eq!(fastest.min_interval, Some(Duration::from_millis(1)));
         assert!(subscription_options(None, Some(vec![])).is_err());
         assert!(subscription_options(None, Some(vec![String::new()])).is_err());
         assert!(subscription_options(None, Some(vec!["x".repeat(65)])).is_err());

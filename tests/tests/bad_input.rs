@@ -68,6 +68,9 @@ async fn malformed_requests_get_a_clear_error_and_the_connection_stays() -> Resu
         (r#"{"type":"subscribe","req":"t16","devices":["*"],"max_rate_hz":1e308}"#.into(), "bad_request", json!("t16")),
         (r#"{"type":"subscribe","req":"t17","devices":["*"],"max_rate_hz":0}"#.into(), "bad_request", json!("t17")),
         (r#"{"type":"subscribe","req":"t18","devices":["*"],"fields":[]}"#.into(), "bad_request", json!("t18")),
+        // Rates so slow that the hold would overflow a clock, or its length a Duration.
+        (r#"{"type":"subscribe","req":"t18a","devices":["*"],"max_rate_hz":1e-19}"#.into(), "bad_request", json!("t18a")),
+        (r#"{"type":"subscribe","req":"t18b","devices":["*"],"max_rate_hz":1e-20}"#.into(), "bad_request", json!("t18b")),
         (r#"{"type":"ping","req":"t19","extra":1}"#.into(), "bad_request", json!("t19")),
         (r#"{"type":"ping","req":{"nested":1}}"#.into(), "bad_request", Value::Null),
         (format!(r#"{{"type":"ping","req":"{long_req}"}}"#), "bad_request", Value::Null),

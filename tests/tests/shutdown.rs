@@ -127,3 +127,24 @@ async fn an_idle_bridge_stops_at_once() -> Result<(), E2eError> {
     assert_eq!(close?.map(|c| u16::from(c.code)), Some(1001));
     env.shutdown().await
 }
+
+/// The close handshake the other way: a client that closes gets its close frame answered, so a
+/// browser reports a clean close (1000) rather than 1006, and the bridge counts it as gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_gets_its_close_answered() -> Result<(), E2eError> {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let env = TestEnv::new().devices(1).start().await?;
+    let mut client = env.connect("alice").await?;
+    client.subscribe(&["*"], "s1", WAIT).await?;
+    let bye = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    };
+    client.send_message(Message::Close(Some(bye))).await?;
+    let answer = client.recv_close(WAIT).await?;
+    assert_eq!(answer.map(|c| u16::from(c.code)), Some(1000));
+    env.shutdown().await
+}
