@@ -135,6 +135,8 @@ pub struct SubscribeRequest<'a> {
     pub since: Option<Option<ResumePoint>>,
     pub opts: SubOptions,
     pub max_subscriptions: usize,
+    /// The most telemetry messages a resume replays; a longer gap gets a fresh snapshot.
+    pub max_replay: usize,
 }
 
 pub fn now_ms() -> i64 {
@@ -552,9 +554,15 @@ impl Hub {
             .since
             .as_ref()
             .map(|p| p.as_ref().filter(|p| p.epoch == self.epoch));
+        // A gap longer than the session's queue is not replayed: it would not fit, and the
+        // `seqs` of a resume point are the client's word, so they could ask for every ring.
+        let mut replay = 0u64;
         let recovered = match &point {
             Some(Some(point)) => matched.iter().all(|d| match point.seqs.get(&*d.id) {
-                Some(seq) => d.history.since(*seq, d.seq).is_some(),
+                Some(seq) => {
+                    replay += d.seq.saturating_sub(*seq);
+                    replay <= r.max_replay as u64 && d.history.since(*seq, d.seq).is_some()
+                }
                 None => true,
             }),
             _ => false,

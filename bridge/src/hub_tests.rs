@@ -47,6 +47,7 @@ fn subscribe(
             since,
             opts,
             max_subscriptions: 16,
+            max_replay: 1000,
         },
     )
     .unwrap();
@@ -262,6 +263,7 @@ fn too_many_subscriptions_and_bad_patterns_are_refused() {
             since: None,
             opts: SubOptions::default(),
             max_subscriptions: 16,
+            max_replay: 1000,
         }
     }
     assert_eq!(
@@ -444,4 +446,44 @@ fn unsubscribing_a_rate_limited_pattern_sends_what_it_held_before_anything_newer
         ]
     );
     assert_eq!(outbox.next_due(), None);
+}
+
+#[test]
+fn a_resume_that_would_replay_more_than_the_queue_holds_is_a_fresh_snapshot() {
+    let hub = hub(100);
+    for id in ["a", "b"] {
+        for n in 1..=10 {
+            telemetry(&hub, id, n);
+        }
+    }
+    // The client says it saw seq 2 of each: 16 messages to replay.
+    let point = || ResumePoint {
+        epoch: "epoch-1".into(),
+        seqs: [("a".to_string(), 2), ("b".to_string(), 2)].into(),
+    };
+    let resume = |max_replay| {
+        let (sid, outbox) = session(&hub, all());
+        let patterns = vec!["*".to_string()];
+        let request = SubscribeRequest {
+            patterns: &patterns,
+            req: None,
+            since: Some(Some(point())),
+            opts: SubOptions::default(),
+            max_subscriptions: 16,
+            max_replay,
+        };
+        hub.subscribe(sid, request).unwrap();
+        outbox.drain_json()
+    };
+    let fits = resume(16);
+    assert_eq!(fits[0]["recovered"], true);
+    assert_eq!(
+        fits.len(),
+        1 + 16,
+        "the snapshot, then every missed message"
+    );
+    let too_long = resume(15);
+    assert_eq!(too_long[0]["recovered"], false);
+    assert_eq!(too_long.len(), 1, "a fresh snapshot and nothing replayed");
+    assert_eq!(too_long[0]["devices"][0]["seq"], 10);
 }

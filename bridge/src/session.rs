@@ -446,6 +446,7 @@ impl Session {
                     since: since.map(|s| s.resume_point()),
                     opts,
                     max_subscriptions: limits.max_subscriptions,
+                    max_replay: limits.session_queue,
                 };
                 if let Err(e) = hub.subscribe(self.id, request) {
                     let code = match e {
