@@ -65,7 +65,14 @@ pub const TLS_REASONS: &[&str] = &[
     "io",
 ];
 /// Why the bridge closed a client.
-pub const CLOSE_REASONS: &[&str] = &["too_slow", "idle", "oversized", "invalid_utf8", "shutdown"];
+pub const CLOSE_REASONS: &[&str] = &[
+    "too_slow",
+    "idle",
+    "oversized",
+    "invalid_utf8",
+    "protocol_error",
+    "shutdown",
+];
 
 pub struct Metrics {
     registry: Registry,

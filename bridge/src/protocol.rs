@@ -129,7 +129,7 @@ pub enum ClientMsg {
 /// Where a resuming client left off: the `resume` token of a snapshot, or the epoch and the
 /// last `seq` it received of each device (what a client tracks as telemetry arrives).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum Since {
     Token(String),
     Point {
@@ -585,6 +585,11 @@ mod tests {
             (
                 r#"{"req":"g","type":"list","extra":1}"#,
                 Some(json!("g")),
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"req":"g2","type":"subscribe","devices":["*"],"since":{"epoch":"e","seqs":{},"typo":1}}"#,
+                Some(json!("g2")),
                 ErrorCode::BadRequest,
             ),
             (

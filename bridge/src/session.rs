@@ -273,6 +273,14 @@ impl Session {
                     "invalid_utf8",
                 )
             }
+            Some(WsError::Protocol(_)) => {
+                warn!(error = %inner, "client broke the WebSocket protocol");
+                End::Close(
+                    close_code::PROTOCOL,
+                    "websocket protocol error",
+                    "protocol_error",
+                )
+            }
             _ => {
                 debug!(error = %inner, "websocket read ended");
                 End::PeerGone

@@ -148,6 +148,39 @@ async fn invalid_utf8_closes_only_that_client_with_1007() -> Result<(), E2eError
     env.shutdown().await
 }
 
+/// A frame the WebSocket protocol forbids (here a reserved opcode) closes that client with
+/// 1002, counted, and nobody else notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_protocol_error_closes_only_that_client_with_1002() -> Result<(), E2eError> {
+    let env = TestEnv::new()
+        .devices(2)
+        .telemetry_interval(Duration::from_millis(100))
+        .start()
+        .await?;
+    let mut client = env.connect("mallory").await?;
+    let mut other = env.connect("alice").await?;
+    other.subscribe(&["*"], "s", WAIT).await?;
+    let frame = Frame::message(
+        Bytes::from_static(b"?"),
+        OpCode::Data(Data::Reserved(3)),
+        true,
+    );
+    client.send_message(Message::Frame(frame)).await?;
+    let close = client.recv_close(WAIT).await?;
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(1002));
+    unaffected(&mut other).await?;
+    still_up(&mut other, "p").await?;
+    let metrics = env.metrics().await?;
+    assert_eq!(
+        metrics.get(
+            "iotbridge_clients_closed_total",
+            &[("reason", "protocol_error")]
+        ),
+        1.0
+    );
+    env.shutdown().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_params_close_that_client_and_large_ones_are_refused_by_the_device(
 ) -> Result<(), E2eError> {
