@@ -26,6 +26,14 @@ use crate::topic::{self, Channel};
 /// Queued requests to the event loop; a command that finds it full is answered `offline`.
 const REQUEST_CAPACITY: usize = 4096;
 
+/// The largest packet MQTT can frame (a four-byte remaining length), which is what the link
+/// reads. A publish over `limits.max_payload_bytes` is read whole and refused by the payload
+/// checks like any junk; a smaller packet limit would make the client library drop the whole
+/// link instead, and an oversized retained message would then cut the bridge off from every
+/// device at each reconnect. The broker's `max_packet_size` is what bounds the memory a device
+/// can make its subscribers spend (mosquitto/mosquitto.conf).
+const MAX_INCOMING_PACKET: usize = 268_435_455;
+
 /// A connection that lasted this long was a success: the next failure starts the backoff over.
 /// One that ended sooner counts as a failed attempt, so a link the broker keeps dropping right
 /// after accepting it backs off instead of reconnecting at the shortest delay forever.
@@ -89,7 +97,7 @@ impl MqttLink {
         options
             .set_keep_alive(Duration::from_secs(config.keep_alive_secs))
             .set_clean_session(true)
-            .set_max_packet_size(max_payload + 1024, 64 * 1024)
+            .set_max_packet_size(MAX_INCOMING_PACKET, 64 * 1024)
             .set_request_channel_capacity(REQUEST_CAPACITY)
             .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);

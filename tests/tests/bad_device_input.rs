@@ -150,26 +150,37 @@ async fn retained_junk_is_counted_again_after_a_restart_and_breaks_nothing() -> 
     let mut env = TestEnv::new()
         .devices(2)
         .telemetry_interval(Duration::from_millis(100))
+        .bridge_config(|c| c.limits.max_payload_bytes = 1024)
         .start()
         .await?;
-    // A device that only ever left junk behind, retained, on its own topics.
+    // A device that only ever left junk behind, retained, on its own topics; its telemetry is
+    // a payload hundreds of times over the bridge's limit, which must not cost the bridge its
+    // link: the broker would hand it over again at every reconnect.
     let mut junk = MqttClient::connect(&env.pki, &env.mosquitto, "junk-2", None).await?;
+    let huge = json!({"t": 1.5, "pad": "p".repeat(512 * 1024)}).to_string();
     for (channel, payload) in [
         ("meta", b"{oops".to_vec()),
         ("state", vec![0xa2, 0x61, 0x61]),
         ("status", b"\xff\xfe".to_vec()),
+        ("telemetry", huge.into_bytes()),
     ] {
         junk.publish(&format!("iot/junk-2/{channel}"), payload, true)
             .await?;
     }
     junk.disconnect().await;
-    wait_bad(&env, 3.0).await?;
+    wait_bad(&env, 4.0).await?;
+    let connects = "iotbridge_broker_connects_total";
+    assert_eq!(
+        env.metrics().await?.get(connects, &[]),
+        1.0,
+        "the link survived the oversized payload"
+    );
 
     // A restarted bridge gets the retained junk again on subscribing: counted, and ignored.
     env.bridge.restart().await?;
     env.wait_readyz(200, WAIT).await?;
     env.wait_devices_online(WAIT).await?;
-    wait_bad(&env, 3.0).await?;
+    wait_bad(&env, 4.0).await?;
     let mut client: WsClient = env.connect("alice").await?;
     let snapshot = client.subscribe(&["*"], "s1", WAIT).await?;
     let mut listed: Vec<String> = snapshot["devices"]
