@@ -332,3 +332,40 @@ test('a refused resume point falls back to a plain subscribe instead of staying 
   s.deliver({ type: 'snapshot', req: second.req, devices: [], resume: 'tok2' });
   assert.equal(client.state, 'open');
 });
+
+test('a resume point larger than the bridge takes is forgotten: the next subscribe resyncs', () => {
+  // Ids of 12 characters and their seqs: some 20 bytes a device, past 64 KiB at 4,000 devices.
+  const fleet = Array.from({ length: 4000 }, (_, i) => device(`device-${String(i).padStart(5, '0')}`, 7));
+  const { factory, client, clock } = connected({ devices: [], random: () => 0 });
+  factory.last.deliver({ type: 'snapshot', req: 'late', devices: fleet, epoch: 'ep1', resume: 'tok' });
+  factory.last.drop();
+  clock.advance(250);
+  const s = factory.last;
+  s.accept();
+  const sub = s.lastSent('subscribe');
+  assert.equal('since' in sub, false, 'no point the bridge would close the connection over');
+  assert.ok(JSON.stringify(sub).length <= WELCOME.limits.max_frame_bytes);
+  s.deliver({ type: 'snapshot', req: sub.req, devices: fleet, epoch: 'ep1', resume: 'tok2' });
+  assert.equal(client.state, 'open');
+
+  // A small fleet's point still goes out.
+  const small = connected({ devices: [], random: () => 0 });
+  small.factory.last.deliver({ type: 'snapshot', req: 'late', devices: fleet.slice(0, 100), epoch: 'ep1', resume: 'tok' });
+  small.factory.last.drop();
+  small.clock.advance(250);
+  small.factory.last.accept();
+  assert.equal(small.factory.last.lastSent('subscribe').since.epoch, 'ep1');
+});
+
+test('a close for a message too big (1009) forgets the resume point, so the retry differs', () => {
+  const { factory, clock } = connected({ devices: [device('a', 5)], random: () => 0 });
+  factory.last.deliver({ type: 'snapshot', req: 'late', devices: [device('a', 5)], epoch: 'ep1', resume: 'tok' });
+  factory.last.drop();
+  clock.advance(250);
+  factory.last.accept();
+  assert.deepEqual(factory.last.lastSent('subscribe').since, { epoch: 'ep1', seqs: { a: 5 } });
+  factory.last.drop(1009, 'message too big');
+  clock.advance(500);
+  factory.last.accept();
+  assert.equal('since' in factory.last.lastSent('subscribe'), false);
+});

@@ -7,7 +7,8 @@
 // What it does for the page:
 // - subscribes on every (re)connect with `since`: the bridge's epoch and the last telemetry seq
 //   it delivered per device (or, from a bridge that sends no epoch, its last `resume` token), so
-//   a short drop is replayed without gaps;
+//   a short drop is replayed without gaps; a point too big for the bridge's frame limit (thousands
+//   of devices) is forgotten for a fresh snapshot rather than refused on every retry;
 // - drops telemetry it has already seen (per-device `seq`), so nothing is shown twice;
 // - reconnects by itself with exponential backoff and jitter, and notices a dead connection
 //   with an application-level `ping` (browsers cannot send WebSocket pings);
@@ -185,11 +186,30 @@ export class BridgeClient {
   onSocketOpen(socket) {
     if (socket !== this.socket) return;
     this.subscribeReq = this.req('s');
-    this.sentSince = this.resumePoint();
     const msg = { type: 'subscribe', req: this.subscribeReq, devices: this.patterns };
-    if (this.sentSince !== null) msg.since = this.sentSince;
+    const since = this.resumePoint();
+    if (since !== null) msg.since = since;
+    if (since !== null && !this.fits(msg)) {
+      // A large fleet's point outgrows the bridge's frame limit: the bridge would close with 1009
+      // on this and every later attempt. A fresh snapshot instead.
+      this.forgetResumePoint();
+      delete msg.since;
+    }
+    this.sentSince = msg.since ?? null;
     this.send(msg);
     this.startHeartbeat();
+  }
+
+  /** Whether `msg` is within the frame limit of the bridge's latest welcome (no welcome yet: it fits). */
+  fits(msg) {
+    const limit = this.welcome?.limits?.max_frame_bytes;
+    return typeof limit !== 'number' || new TextEncoder().encode(JSON.stringify(msg)).length <= limit;
+  }
+
+  /** The next subscribe asks for a fresh snapshot instead of resuming. */
+  forgetResumePoint() {
+    this.epoch = null;
+    this.resumeToken = null;
   }
 
   onSocketMessage(socket, data) {
@@ -289,6 +309,9 @@ export class BridgeClient {
     for (const [, waiter] of this.historyWaiters) waiter.reject(new Error('connection closed'));
     this.historyWaiters.clear();
     if (this.state === 'stopped') return;
+    // Something we sent was too big, most likely the resume point (measured against an older
+    // welcome's limit, or by a bridge behind a proxy with a smaller one): retry without it.
+    if (code === 1009) this.forgetResumePoint();
     const delay = backoffDelay(this.attempt, this.backoffPolicy, this.random);
     this.attempt += 1;
     this.state = 'down';
