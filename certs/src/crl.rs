@@ -12,11 +12,6 @@ use crate::files;
 use crate::revocation::RevocationList;
 use crate::{Ca, CertError};
 
-/// How long a CRL is valid. Verifiers that enforce `nextUpdate` (OpenSSL, so Mosquitto) refuse
-/// every client once it passes; `ensure_dev_certs` rewrites a CRL that is close to it.
-const CRL_VALIDITY: Duration = Duration::days(30);
-/// A CRL this close to its `nextUpdate` is rewritten by `ensure_dev_certs`.
-const CRL_MIN_REMAINING: Duration = Duration::days(7);
 /// `thisUpdate` is backdated like certificates: a verifier whose clock runs behind would
 /// otherwise call a fresh CRL "not yet valid".
 const BACKDATE: Duration = Duration::hours(1);
@@ -24,7 +19,13 @@ const BACKDATE: Duration = Duration::hours(1);
 const MAX_SERIAL_BYTES: usize = 20;
 
 /// The CRL for `list`, signed by the CA, as PEM (`X509 CRL`, what rustls and OpenSSL load).
+///
+/// Its `nextUpdate` is the CA's `notAfter`. Verifiers that enforce `nextUpdate` (OpenSSL, so
+/// Mosquitto) refuse every client once it passes, and nothing re-signs a dev CRL on a schedule;
+/// a revocation rewrites it at once anyway, and no certificate of this CA outlives the CA.
 pub(crate) fn sign_crl(ca: &Ca, list: &RevocationList) -> Result<String, CertError> {
+    let (_, ca_x509) = X509Certificate::from_der(ca.cert_der())
+        .map_err(|e| CertError::invalid("CA certificate", e))?;
     let now = OffsetDateTime::now_utc();
     let revoked_certs = list
         .revoked
@@ -42,32 +43,30 @@ pub(crate) fn sign_crl(ca: &Ca, list: &RevocationList) -> Result<String, CertErr
         .collect::<Result<Vec<_>, CertError>>()?;
     let params = CertificateRevocationListParams {
         this_update: now - BACKDATE,
-        next_update: now + CRL_VALIDITY,
+        next_update: ca_x509.validity().not_after.to_datetime(),
         crl_number: SerialNumber::from(list.crl_number),
         issuing_distribution_point: None,
         revoked_certs,
-        key_identifier_method: ca_key_id(ca),
+        key_identifier_method: ca_key_id(&ca_x509),
     };
     Ok(params.signed_by(ca.issuer())?.pem()?)
 }
 
 /// The CRL's authority key id must equal the CA's subject key id, which some verifiers use to
 /// find the CRL's issuer; the CA certificate says what it is.
-fn ca_key_id(ca: &Ca) -> KeyIdMethod {
-    X509Certificate::from_der(ca.cert_der())
-        .ok()
-        .and_then(|(_, x509)| {
-            x509.iter_extensions()
-                .find_map(|ext| match ext.parsed_extension() {
-                    x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
-                        Some(KeyIdMethod::PreSpecified(id.0.to_vec()))
-                    }
-                    _ => None,
-                })
+fn ca_key_id(ca: &X509Certificate<'_>) -> KeyIdMethod {
+    ca.iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                Some(KeyIdMethod::PreSpecified(id.0.to_vec()))
+            }
+            _ => None,
         })
         .unwrap_or(KeyIdMethod::Sha256)
 }
 
+/// Whether `crl` is signed by `ca`, lists exactly `list`'s serials and lasts as long as the CA
+/// (earlier versions wrote CRLs that ended after 30 days: those are rewritten).
 pub(crate) fn crl_is_current(ca: &Ca, crl: &Path, list: &RevocationList) -> bool {
     let Ok(pem) = files::read_to_string(crl) else {
         return false;
@@ -87,14 +86,14 @@ pub(crate) fn crl_is_current(ca: &Ca, crl: &Path, list: &RevocationList) -> bool
     if parsed.verify_signature(ca_x509.public_key()).is_err() {
         return false;
     }
-    let fresh = parsed
+    let lasts = parsed
         .next_update()
-        .is_some_and(|next| next.to_datetime() - OffsetDateTime::now_utc() >= CRL_MIN_REMAINING);
+        .is_some_and(|next| next.to_datetime() >= ca_x509.validity().not_after.to_datetime());
     let listed: BTreeSet<String> = parsed
         .iter_revoked_certificates()
         .map(|r| serial_hex(r.raw_serial()))
         .collect();
-    fresh && listed == list.serials()
+    lasts && listed == list.serials()
 }
 
 /// Canonical spelling of a serial number from its DER content octets.
@@ -157,5 +156,39 @@ mod tests {
         for bad in ["", "0x", "xyz", "5f-3a", &"ab".repeat(21)] {
             assert!(parse_serial(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn ensure_extends_a_crl_that_ends_before_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::DevCertOptions {
+            out_dir: dir.path().to_path_buf(),
+            ..crate::DevCertOptions::default()
+        };
+        let paths = crate::generate_dev_certs(&opts).unwrap();
+        let ca = crate::load_ca(&paths).unwrap();
+        let list = RevocationList::default();
+        assert!(crl_is_current(&ca, &paths.crl, &list));
+
+        // What earlier versions wrote: valid for 30 days, after which Mosquitto refuses everyone.
+        let now = OffsetDateTime::now_utc();
+        let month = CertificateRevocationListParams {
+            this_update: now - BACKDATE,
+            next_update: now + Duration::days(30),
+            crl_number: SerialNumber::from(1),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let pem = month.signed_by(ca.issuer()).unwrap().pem().unwrap();
+        std::fs::write(&paths.crl, pem).unwrap();
+        assert!(!crl_is_current(&ca, &paths.crl, &list));
+
+        let again = crate::ensure_dev_certs(&opts).unwrap();
+        assert_eq!(
+            again.written,
+            [again.revocation_list.clone(), again.crl.clone()]
+        );
+        assert!(crl_is_current(&ca, &paths.crl, &list));
     }
 }

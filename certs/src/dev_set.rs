@@ -156,7 +156,7 @@ pub fn generate_dev_certs(opts: &DevCertOptions) -> Result<DevCertPaths, CertErr
 /// Without any CA files a new CA is made; with only one of `ca.pem`/`ca.key` this fails
 /// rather than silently replacing a CA people may have installed. `force` is not consulted.
 /// A revoked leaf is issued anew, and `crl.pem` is rewritten when it is missing, does not
-/// match `revoked.json` or is within a week of its `nextUpdate`.
+/// match `revoked.json` or has a `nextUpdate` before the CA's expiry (as older versions wrote).
 pub fn ensure_dev_certs(opts: &DevCertOptions) -> Result<DevCertPaths, CertError> {
     validate(opts)?;
     let mut paths = DevCertPaths::new(&opts.out_dir);

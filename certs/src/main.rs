@@ -69,7 +69,7 @@ enum Command {
         #[arg(long, value_name = "HEX")]
         serial: Option<String>,
     },
-    /// Rewrite crl.pem from revoked.json with a fresh validity period (30 days).
+    /// Rewrite crl.pem from revoked.json (with the next CRL number, valid until the CA expires).
     Crl,
 }
 

@@ -168,7 +168,7 @@ pub fn revoke_detailed(
 }
 
 /// Rewrites `crl.pem` from `revoked.json` (an empty CRL when nothing is revoked) with the next
-/// CRL number and a fresh validity period; returns the CRL's path.
+/// CRL number, valid until the CA expires; returns the CRL's path.
 pub fn write_crl(paths: &DevCertPaths) -> Result<PathBuf, CertError> {
     let ca = existing_ca(paths)?;
     let mut list = read_list(paths)?;
@@ -191,7 +191,7 @@ pub(crate) fn write_fresh(ca: &Ca, paths: &mut DevCertPaths) -> Result<(), CertE
 }
 
 /// Rewrites the CRL unless the one on disk is signed by `ca`, lists exactly `list`'s serials
-/// and stays valid for a while.
+/// and stays valid as long as the CA.
 pub(crate) fn ensure_crl(
     ca: &Ca,
     paths: &mut DevCertPaths,
