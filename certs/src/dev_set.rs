@@ -122,8 +122,8 @@ impl DevCertPaths {
 /// Makes a complete new set: CA, both server certificates, the bridge's client certificate,
 /// and the requested users and devices. Refuses to replace any existing file unless `force`.
 pub fn generate_dev_certs(opts: &DevCertOptions) -> Result<DevCertPaths, CertError> {
-    validate(opts)?;
     let mut paths = DevCertPaths::new(&opts.out_dir);
+    validate(&paths, opts)?;
     let leaves = plan(&paths, opts, true);
     if !opts.force {
         refuse_existing(
@@ -158,8 +158,8 @@ pub fn generate_dev_certs(opts: &DevCertOptions) -> Result<DevCertPaths, CertErr
 /// A revoked leaf is issued anew, and `crl.pem` is rewritten when it is missing, does not
 /// match `revoked.json` or has a `nextUpdate` before the CA's expiry (as older versions wrote).
 pub fn ensure_dev_certs(opts: &DevCertOptions) -> Result<DevCertPaths, CertError> {
-    validate(opts)?;
     let mut paths = DevCertPaths::new(&opts.out_dir);
+    validate(&paths, opts)?;
     create_dirs(&paths)?;
     let (ca, revoked) = match (paths.ca_cert.exists(), paths.ca_key.exists()) {
         (true, true) => (load_ca(&paths)?, revocation::read_list(&paths)?),
@@ -206,8 +206,8 @@ pub fn ensure_dev_certs(opts: &DevCertOptions) -> Result<DevCertPaths, CertError
 /// Issues the requested users and devices under the CA already in `out_dir`, refusing to
 /// replace their files unless `force`. Server certificates and the CA are left alone.
 pub fn add_clients(opts: &DevCertOptions) -> Result<DevCertPaths, CertError> {
-    validate(opts)?;
     let mut paths = DevCertPaths::new(&opts.out_dir);
+    validate(&paths, opts)?;
     for (file, name) in [(&paths.ca_cert, "ca.pem"), (&paths.ca_key, "ca.key")] {
         if !file.exists() {
             return Err(CertError::MissingCa {
@@ -252,15 +252,41 @@ fn ca_common_name() -> String {
     )
 }
 
-fn validate(opts: &DevCertOptions) -> Result<(), CertError> {
+fn validate(paths: &DevCertPaths, opts: &DevCertOptions) -> Result<(), CertError> {
     opts.users.iter().try_for_each(|u| validate_user_name(u))?;
     opts.devices
         .iter()
         .try_for_each(|d| validate_device_id(d))?;
+    refuse_shared_names(paths, opts)?;
     if !opts.users.is_empty() && opts.p12_password.is_empty() {
         return Err(CertError::Pkcs12(
             "the password must not be empty (iOS and macOS cannot import such bundles)".into(),
         ));
+    }
+    Ok(())
+}
+
+/// A certificate's name is all the broker's ACL (a device's own topics) and the bridge's ACL (a
+/// person's rights) go by, so no name may be a user's and a device's, in this request or in
+/// the set on disk. `force` does not change that: it replaces files, it does not merge roles.
+fn refuse_shared_names(paths: &DevCertPaths, opts: &DevCertOptions) -> Result<(), CertError> {
+    let taken = |name: &String, other: PathBuf| {
+        Err(CertError::NameTaken {
+            name: name.clone(),
+            other,
+        })
+    };
+    for user in &opts.users {
+        let device = paths.device(user).0;
+        if opts.devices.contains(user) || device.exists() {
+            return taken(user, device);
+        }
+    }
+    for device in &opts.devices {
+        let user = paths.user(device).0;
+        if user.exists() {
+            return taken(device, user);
+        }
     }
     Ok(())
 }

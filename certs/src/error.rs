@@ -37,6 +37,11 @@ pub enum CertError {
     #[error("no usable CA in {}: {reason}", dir.display())]
     MissingCa { dir: PathBuf, reason: String },
 
+    /// A user and a device would share a name. Their certificates carry only that name, so the
+    /// broker would take the user for the device and the bridge's ACL the device for the user.
+    #[error("{name:?} cannot be both a user and a device name ({})", other.display())]
+    NameTaken { name: String, other: PathBuf },
+
     /// A certificate that was asked for by name is not in the set.
     #[error("no certificate for {what}: {} does not exist", path.display())]
     NotFound { what: String, path: PathBuf },

@@ -335,6 +335,60 @@ fn add_clients_uses_the_existing_ca() {
 }
 
 #[test]
+fn a_name_is_a_user_or_a_device_never_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = DevCertOptions {
+        out_dir: dir.path().to_path_buf(),
+        ..DevCertOptions::default()
+    };
+    let paths = generate_dev_certs(&DevCertOptions {
+        users: vec!["alice".into()],
+        devices: vec!["lamp-1".into()],
+        ..base.clone()
+    })
+    .unwrap();
+    let taken = |result: Result<DevCertPaths, CertError>| match result {
+        Err(CertError::NameTaken { name, other }) => (name, other),
+        other => panic!("expected NameTaken, got {other:?}"),
+    };
+    let user = |name: &str| DevCertOptions {
+        users: vec![name.into()],
+        ..base.clone()
+    };
+    let device = |id: &str| DevCertOptions {
+        devices: vec![id.into()],
+        ..base.clone()
+    };
+
+    let lamp = ("lamp-1".to_owned(), paths.device("lamp-1").0);
+    assert_eq!(taken(add_clients(&user("lamp-1"))), lamp);
+    assert_eq!(taken(ensure_dev_certs(&user("lamp-1"))), lamp);
+    let forced = DevCertOptions {
+        force: true,
+        ..user("lamp-1")
+    };
+    assert_eq!(taken(add_clients(&forced)), lamp);
+    assert!(!paths.user("lamp-1").0.exists());
+
+    let alice = ("alice".to_owned(), paths.user("alice").0);
+    assert_eq!(taken(add_clients(&device("alice"))), alice);
+    assert_eq!(taken(ensure_dev_certs(&device("alice"))), alice);
+    assert!(!paths.device("alice").0.exists());
+
+    // Both in one request.
+    let other = tempfile::tempdir().unwrap();
+    let both = DevCertOptions {
+        out_dir: other.path().to_path_buf(),
+        users: vec!["x".into()],
+        devices: vec!["x".into()],
+        ..DevCertOptions::default()
+    };
+    let (name, _) = taken(generate_dev_certs(&both));
+    assert_eq!(name, "x");
+    assert!(!DevCertPaths::new(other.path()).ca_cert.exists());
+}
+
+#[test]
 fn user_bundle_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let mut o = opts(dir.path());
