@@ -153,6 +153,17 @@ impl Shared {
     }
 }
 
+/// Loads every file the config names (the server's certificate, key, client CA and CRL, the
+/// broker link's CA, certificate and key, the ACL) the way [`run`] will, so that a broken one is
+/// reported before anything binds or connects.
+pub fn check_files(config: &Config) -> Result<(), BridgeError> {
+    tls::server_config(&config.tls)?;
+    let broker = &config.broker;
+    tls::client_config(&broker.ca, &broker.cert, &broker.key)?;
+    reload::load_acl(config)?;
+    Ok(())
+}
+
 /// Runs the bridge until `shutdown` is cancelled, then stops within the configured grace period.
 pub async fn run(
     listeners: Listeners,

@@ -54,6 +54,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // A certificate, key, CRL or ACL that does not load is as unusable as a bad config, and is
+    // told apart from a failure of the running bridge the same way: exit 64, before binding.
+    if let Err(e) = iot_bridge::check_files(&config) {
+        eprintln!("iot-bridge: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
