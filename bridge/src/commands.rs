@@ -297,7 +297,8 @@ impl Commands {
         );
     }
 
-    /// Ends every command in flight (shutdown): the requesters get a final `offline`.
+    /// Ends every command in flight (shutdown, or the broker link went down): the requesters
+    /// get a final `offline` with `reason`.
     pub fn fail_all(&self, reason: &str) {
         let all: Vec<(String, Pending)> = {
             let mut table = self.lock();

@@ -34,6 +34,11 @@ const REQUEST_CAPACITY: usize = 4096;
 /// can make its subscribers spend (mosquitto/mosquitto.conf).
 const MAX_INCOMING_PACKET: usize = 268_435_455;
 
+/// The final `offline` of a command in flight when the link went down. The client library
+/// may still deliver the command after reconnecting, so the device may yet carry it out.
+const LINK_LOST: &str =
+    "broker link lost before the device answered; the command may still be carried out";
+
 /// A connection that lasted this long was a success: the next failure starts the backoff over.
 /// One that ended sooner counts as a failed attempt, so a link the broker keeps dropping right
 /// after accepting it backs off instead of reconnecting at the shortest delay forever.
@@ -173,6 +178,8 @@ impl MqttLink {
                     self.hub.set_broker_up(false);
                     self.metrics.broker_up.set(0);
                     if let Some(since) = up_since.take() {
+                        // Their acks would come on this link: nothing will answer them now.
+                        self.commands.fail_all(LINK_LOST);
                         let now = Instant::now();
                         if now - since >= STABLE {
                             failures = 0;

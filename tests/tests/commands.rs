@@ -255,3 +255,41 @@ async fn a_killed_device_goes_offline_and_commands_to_it_answer_offline_at_once(
     );
     env.shutdown().await
 }
+
+/// A command in flight when the broker link drops is answered `offline` at once, not at its
+/// deadline: its ack would have come on that link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_in_flight_when_the_broker_link_drops_answers_offline_at_once(
+) -> Result<(), E2eError> {
+    let mut env = TestEnv::new().devices(0).start().await?;
+    let meta = simple_meta("relay", &["t"]);
+    let mut mute = ManualDevice::start(&env.pki, &env.mosquitto, "mute-2", &meta).await?;
+    env.wait_online(&["mute-2"], WAIT).await?;
+    let mut client = env.connect("alice").await?;
+    let mut cmd = set("c1", "mute-2", json!({"on": true}));
+    cmd["timeout_ms"] = json!(60_000);
+    client.send(&cmd).await?;
+    mute.next_command(WAIT).await?;
+
+    let stopped = Instant::now();
+    env.mosquitto.stop().await?;
+    let statuses = client.command_statuses("c1", WAIT).await?;
+    assert_eq!(
+        names(&statuses),
+        ["accepted", "sent", "offline"],
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[2]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("broker link lost")),
+        "{statuses:?}"
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "answered after {:?}, long before its 60 s deadline",
+        stopped.elapsed()
+    );
+    env.mosquitto.restart().await?;
+    env.shutdown().await
+}
