@@ -17,7 +17,7 @@ use crate::device::{Context, Control, Device, Shared};
 use crate::profile::{DeviceKind, Profile};
 use crate::ramp::Ramp;
 use crate::scenario::Scenario;
-use crate::spec::{is_valid_device_id, telemetry_phase, DeviceSpec, FleetSpec};
+use crate::spec::{is_valid_device_id, telemetry_phase, DeviceSpec, FleetSpec, MAX_DEVICES};
 use crate::SimError;
 
 /// Control requests a device may have queued; a caller waits for each one's answer.
@@ -148,6 +148,8 @@ pub struct Fleet {
 impl Fleet {
     /// Starts every device of `spec`.
     pub async fn start(broker: BrokerOpts, spec: &FleetSpec) -> Result<Fleet, SimError> {
+        // Before the devices are made, which for a huge count would exhaust memory.
+        check_size(spec.count)?;
         if !(0.0..=1.0).contains(&spec.cbor_share) {
             return Err(SimError::InvalidSpec(format!(
                 "cbor_share must be between 0 and 1, got {}",
@@ -172,6 +174,7 @@ impl Fleet {
         specs: Vec<DeviceSpec>,
     ) -> Result<Fleet, SimError> {
         broker::validate(&broker)?;
+        check_size(specs.len())?;
         let mut seen = HashSet::new();
         for spec in &specs {
             if !is_valid_device_id(&spec.id) {
@@ -283,6 +286,15 @@ impl Fleet {
     }
 }
 
+fn check_size(devices: usize) -> Result<(), SimError> {
+    if devices > MAX_DEVICES {
+        return Err(SimError::InvalidSpec(format!(
+            "{devices} devices; a fleet has at most {MAX_DEVICES}"
+        )));
+    }
+    Ok(())
+}
+
 impl Drop for Fleet {
     fn drop(&mut self) {
         self.shutdown.cancel();
@@ -337,6 +349,15 @@ mod tests {
             ..FleetSpec::default()
         };
         assert!(err(Fleet::start(b.clone(), &share).await).contains("cbor_share"));
+        let huge = FleetSpec {
+            count: MAX_DEVICES + 1,
+            ..FleetSpec::default()
+        };
+        let e = err(Fleet::start(b.clone(), &huge).await);
+        assert!(
+            e.contains("1000001 devices; a fleet has at most 1000000"),
+            "{e}"
+        );
         let mut fast = b.clone();
         fast.keep_alive = Duration::from_millis(500);
         assert!(err(Fleet::start_devices(fast, one("k")).await).contains("keep_alive"));

@@ -63,4 +63,4 @@ pub use inject::FiredFault;
 pub use kind::Kind;
 pub use profile::{DeviceKind, Profile};
 pub use scenario::{Scenario, ScenarioError};
-pub use spec::{is_valid_device_id, DeviceSpec, FleetSpec};
+pub use spec::{is_valid_device_id, DeviceSpec, FleetSpec, MAX_DEVICES};

@@ -11,6 +11,11 @@ use crate::codec::PayloadFormat;
 use crate::kind::Kind;
 use crate::profile::{DeviceKind, Profile};
 
+/// Most devices one fleet or scenario may have: far more than one process runs (see
+/// BENCHMARKS.md), and a count above it is a slip (an extra zero) that would otherwise exhaust
+/// memory before the first device connects.
+pub const MAX_DEVICES: usize = 1_000_000;
+
 /// Rooms used when a fleet or scenario names none.
 pub(crate) const ROOMS: &[&str] = &[
     "Kitchen",

@@ -18,7 +18,7 @@ use crate::generator::SimClock;
 use crate::kind::Kind;
 use crate::profile::Profile;
 use crate::rng::SplitMix64;
-use crate::spec::{is_valid_device_id, ROOMS};
+use crate::spec::{is_valid_device_id, MAX_DEVICES, ROOMS};
 
 /// Shortest telemetry interval a scenario may ask for.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -157,6 +157,16 @@ fn groups(
 ) -> Res<Vec<Group>> {
     if sections.is_empty() {
         return bad("fleet", "a scenario needs at least one [[fleet]] group");
+    }
+    let total = sections
+        .iter()
+        .map(|g| g.count)
+        .fold(0, usize::saturating_add);
+    if total > MAX_DEVICES {
+        return bad(
+            "fleet",
+            format!("{total} devices; a scenario has at most {MAX_DEVICES}"),
+        );
     }
     let mut kind_totals: BTreeMap<&str, usize> = BTreeMap::new();
     for g in sections {
