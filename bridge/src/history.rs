@@ -30,8 +30,10 @@ pub struct Query {
 
 impl Ring {
     /// Appends a sample and drops what is beyond `max_len` or older than `max_age_ms` before it.
-    pub fn push(&mut self, sample: Sample, max_len: usize, max_age_ms: i64) {
-        let horizon = sample.ts.saturating_sub(max_age_ms);
+    /// Age is by the device's clock, except that a `ts` ahead of the bridge's (`now_ms`) counts
+    /// as now: one sample stamped years ahead must not age out everything before it.
+    pub fn push(&mut self, sample: Sample, max_len: usize, max_age_ms: i64, now_ms: i64) {
+        let horizon = sample.ts.min(now_ms).saturating_sub(max_age_ms);
         self.samples.push_back(sample);
         while self.samples.len() > max_len || self.samples.front().is_some_and(|s| s.ts < horizon) {
             self.samples.pop_front();
@@ -98,6 +100,7 @@ mod tests {
                 sample(seq, seq as i64 * 1000, json!({"t": seq})),
                 5,
                 1_000_000,
+                i64::MAX,
             );
         }
         r
@@ -109,10 +112,43 @@ mod tests {
         assert_eq!(r.len(), 5);
         let mut r = Ring::default();
         for seq in 1..=10 {
-            r.push(sample(seq, seq as i64 * 1000, json!({})), 100, 3000);
+            r.push(
+                sample(seq, seq as i64 * 1000, json!({})),
+                100,
+                3000,
+                i64::MAX,
+            );
         }
         let seqs: Vec<u64> = r.samples.iter().map(|s| s.seq).collect();
         assert_eq!(seqs, [7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn a_timestamp_from_the_future_ages_nothing_out() {
+        let now = 1_800_000_000_000;
+        let mut r = Ring::default();
+        for seq in 1..=3 {
+            r.push(
+                sample(seq, now - 4000 + seq as i64, json!({})),
+                100,
+                60_000,
+                now,
+            );
+        }
+        let year_3000 = 32_503_680_000_000;
+        r.push(sample(4, year_3000, json!({})), 100, 60_000, now);
+        r.push(sample(5, now, json!({})), 100, 60_000, now);
+        let seqs: Vec<u64> = r.samples.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+        // What is old by the bridge's clock still goes.
+        r.push(
+            sample(6, now + 61_000, json!({})),
+            100,
+            60_000,
+            now + 61_000,
+        );
+        let seqs: Vec<u64> = r.samples.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, [4, 5, 6]);
     }
 
     #[test]
@@ -140,7 +176,7 @@ mod tests {
             } else {
                 json!({"b": seq})
             };
-            r.push(sample(seq, seq as i64, data), 100, 1000);
+            r.push(sample(seq, seq as i64, data), 100, 1000, i64::MAX);
         }
         let q = |field: Option<&str>, from, to, limit| {
             r.query(&Query {

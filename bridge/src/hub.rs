@@ -346,7 +346,8 @@ impl Hub {
     /// Telemetry: bumps the device's sequence number by one, records it, and fans out. `ts` is
     /// the device's time if it gave one.
     pub fn on_telemetry(&self, id: &str, ts: Option<i64>, data: Data) {
-        let ts = ts.unwrap_or_else(now_ms);
+        let now = now_ms();
+        let ts = ts.unwrap_or(now);
         let data = Arc::new(data);
         let wires = self.wires();
         let limits = self.history;
@@ -362,6 +363,7 @@ impl Hub {
             },
             limits.max_samples,
             limits.max_age_ms,
+            now,
         );
         d.telemetry = Some(data.clone());
         d.telemetry_ts = Some(ts);
