@@ -317,13 +317,15 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let prefix = &self.broker.topic_prefix;
-        if prefix.is_empty()
-            || prefix.contains(['+', '#'])
-            || prefix.starts_with('/')
-            || prefix.ends_with('/')
-        {
+        // Levels that are empty, wildcards or control characters would make filters that match
+        // other topics than ours, or that the broker refuses; `$` is the broker's own namespace.
+        let level_ok = |level: &str| {
+            !level.is_empty() && !level.contains(['+', '#']) && !level.contains(char::is_control)
+        };
+        if prefix.len() > 1024 || prefix.starts_with('$') || !prefix.split('/').all(level_ok) {
             return bad(format!(
-                "broker.topic_prefix {prefix:?} must be non-empty, without wildcards or leading/trailing '/'"
+                "broker.topic_prefix {prefix:?} must be up to 1024 bytes of '/'-separated levels, \
+                 each non-empty, without wildcards or control characters, not starting with '$'"
             ));
         }
         if self.broker.host.is_empty() {
@@ -344,8 +346,9 @@ impl Config {
         {
             return bad("broker.reconnect_min_ms must be > 0 and <= reconnect_max_ms".into());
         }
-        if self.broker.keep_alive_secs < 5 {
-            return bad("broker.keep_alive_secs must be at least 5".into());
+        // MQTT carries the keep-alive in 16 bits.
+        if !(5..=u64::from(u16::MAX)).contains(&self.broker.keep_alive_secs) {
+            return bad("broker.keep_alive_secs must be from 5 to 65535".into());
         }
         let l = &self.limits;
         if l.max_connections == 0 {
@@ -514,6 +517,10 @@ mod tests {
         }
         let good = Config::for_dev_certs(dir.path(), "localhost", 8883);
         good.validate().unwrap();
+        let mut nested = good.clone();
+        nested.broker.topic_prefix = "site-1/iot".into();
+        nested.broker.keep_alive_secs = 65_535;
+        nested.validate().unwrap();
 
         type Mutation = Box<dyn Fn(&mut Config)>;
         let cases: Vec<(&str, Mutation)> = vec![
@@ -524,6 +531,26 @@ mod tests {
             (
                 "topic_prefix",
                 Box::new(|c| c.broker.topic_prefix = "".into()),
+            ),
+            (
+                "topic_prefix",
+                Box::new(|c| c.broker.topic_prefix = "iot//home".into()),
+            ),
+            (
+                "topic_prefix",
+                Box::new(|c| c.broker.topic_prefix = "iot/\u{0}x".into()),
+            ),
+            (
+                "topic_prefix",
+                Box::new(|c| c.broker.topic_prefix = "$SYS".into()),
+            ),
+            (
+                "topic_prefix",
+                Box::new(|c| c.broker.topic_prefix = "iot/".into()),
+            ),
+            (
+                "keep_alive_secs",
+                Box::new(|c| c.broker.keep_alive_secs = 65_536),
             ),
             ("broker.port", Box::new(|c| c.broker.port = 0)),
             (
