@@ -1,7 +1,8 @@
 //! `device-sim` command line: `run` a scenario file and judge it, `check` one without running it,
 //! or run a plain `fleet` until interrupted.
 
-use std::io::IsTerminal;
+use std::fs::File;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -351,6 +352,11 @@ async fn run_scenario(args: RunArgs) -> Result<(), Failure> {
         ProgressMode::Auto => ProgressMode::Lines,
         other => other,
     };
+    // Opened before the run, so a bad path fails now rather than after an hour-long run.
+    let report_file = match &args.report {
+        Some(path) => Some((path, create_report(path)?)),
+        None => None,
+    };
     let mut opts = RunOptions::new(broker, observer, duration);
     opts.progress_every = if mode == ProgressMode::Live {
         Duration::from_secs(1)
@@ -379,9 +385,9 @@ async fn run_scenario(args: RunArgs) -> Result<(), Failure> {
     }
     let report = result.map_err(|e| Failure::Usage(e.into()))?;
     print!("{}", report::summary(&report));
-    if let Some(path) = &args.report {
+    if let Some((path, mut file)) = report_file {
         let json = serde_json::to_string_pretty(&report).map_err(|e| Failure::Usage(e.into()))?;
-        std::fs::write(path, json + "\n")
+        file.write_all((json + "\n").as_bytes())
             .with_context(|| format!("writing the report to {}", path.display()))?;
     }
     if report.passed || (report.expectations.is_empty() && !report.interrupted) {
@@ -389,6 +395,10 @@ async fn run_scenario(args: RunArgs) -> Result<(), Failure> {
     } else {
         Err(Failure::Failed)
     }
+}
+
+fn create_report(path: &Path) -> anyhow::Result<File> {
+    File::create(path).with_context(|| format!("creating the report file {}", path.display()))
 }
 
 fn check_scenario(args: CheckArgs) -> anyhow::Result<()> {
@@ -608,6 +618,63 @@ mod tests {
         assert!(
             Cli::try_parse_from(["device-sim", "run", "s.toml", "--observer-cert", "o.pem"])
                 .is_err()
+        );
+    }
+
+    /// `run` of a one-light scenario against a broker that is not there, plus `extra` flags.
+    fn run_args(dir: &Path, extra: &[&str]) -> RunArgs {
+        let ca = iot_certs::Ca::generate("main test CA").unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let scenario = file("s.toml", "[[fleet]]\nkind = \"light\"\ncount = 1");
+        let ca_pem = file("ca.pem", ca.cert_pem());
+        let ca_key = file("ca.key", ca.key_pem());
+        let argv = [
+            "device-sim",
+            "run",
+            &scenario,
+            "--broker",
+            "127.0.0.1:1",
+            "--ca",
+            &ca_pem,
+            "--ca-key",
+            &ca_key,
+            "--progress",
+            "off",
+        ];
+        match Cli::try_parse_from(argv.iter().chain(extra).copied()) {
+            Ok(Cli {
+                command: Command::Run(args),
+            }) => *args,
+            _ => panic!("rejected"),
+        }
+    }
+
+    /// The usage error `args` are refused with, at once (a run that got going would time out).
+    async fn refused(args: RunArgs) -> String {
+        let result = tokio::time::timeout(Duration::from_secs(10), run_scenario(args))
+            .await
+            .expect("the run started");
+        match result {
+            Err(Failure::Usage(e)) => format!("{e:#}"),
+            Err(Failure::Failed) => panic!("the run failed instead of being refused"),
+            Ok(()) => panic!("the run was not refused"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_report_path_fails_before_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = dir.path().join("no-such-dir").join("report.json");
+        let report = report.display().to_string();
+        let args = run_args(dir.path(), &["--duration", "1h", "--report", &report]);
+        let e = refused(args).await;
+        assert!(
+            e.contains("creating the report file") && e.contains(&report),
+            "{e}"
         );
     }
 
