@@ -336,6 +336,11 @@ fn load(path: &Path, seed: Option<u64>) -> anyhow::Result<Scenario> {
 }
 
 async fn run_scenario(args: RunArgs) -> Result<(), Failure> {
+    if args.duration.is_some_and(|d| d.is_zero()) {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--duration must be longer than 0s"
+        )));
+    }
     let scenario = load(&args.scenario, args.seed)?;
     let broker = run_broker_opts(&args.broker, &scenario)?;
     let observer = observer_opts(&args, &scenario, &broker.ca_pem)?;
@@ -676,6 +681,13 @@ mod tests {
             e.contains("creating the report file") && e.contains(&report),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_zero_duration_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = refused(run_args(dir.path(), &["--duration", "0s"])).await;
+        assert_eq!(e, "--duration must be longer than 0s");
     }
 
     #[test]
