@@ -128,6 +128,8 @@ pub struct Limits {
 pub struct HistoryConfig {
     pub max_samples: usize,
     pub max_age_secs: u64,
+    /// Per device, in bytes of JSON data: what one chatty device with large payloads may hold.
+    pub max_bytes: usize,
 }
 
 impl Default for HistoryConfig {
@@ -135,6 +137,7 @@ impl Default for HistoryConfig {
         HistoryConfig {
             max_samples: 512,
             max_age_secs: 3600,
+            max_bytes: 1024 * 1024,
         }
     }
 }

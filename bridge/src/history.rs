@@ -14,9 +14,20 @@ pub struct Sample {
     pub data: Arc<Data>,
 }
 
+/// How much telemetry history each device keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    pub max_samples: usize,
+    pub max_age_ms: i64,
+    /// The samples' data, in bytes of JSON; the newest sample is kept whatever its size.
+    pub max_bytes: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct Ring {
     samples: VecDeque<Sample>,
+    /// The data of `samples`, in bytes of JSON.
+    bytes: usize,
 }
 
 /// What a `history` request asks for.
@@ -29,14 +40,20 @@ pub struct Query {
 }
 
 impl Ring {
-    /// Appends a sample and drops what is beyond `max_len` or older than `max_age_ms` before it.
+    /// Appends a sample and drops the oldest beyond the limits: count, bytes, and age before it.
     /// Age is by the device's clock, except that a `ts` ahead of the bridge's (`now_ms`) counts
     /// as now: one sample stamped years ahead must not age out everything before it.
-    pub fn push(&mut self, sample: Sample, max_len: usize, max_age_ms: i64, now_ms: i64) {
-        let horizon = sample.ts.min(now_ms).saturating_sub(max_age_ms);
+    pub fn push(&mut self, sample: Sample, limits: &HistoryLimits, now_ms: i64) {
+        let horizon = sample.ts.min(now_ms).saturating_sub(limits.max_age_ms);
+        self.bytes += sample.data.len();
         self.samples.push_back(sample);
-        while self.samples.len() > max_len || self.samples.front().is_some_and(|s| s.ts < horizon) {
-            self.samples.pop_front();
+        while self.samples.len() > limits.max_samples
+            || (self.bytes > limits.max_bytes && self.samples.len() > 1)
+            || self.samples.front().is_some_and(|s| s.ts < horizon)
+        {
+            if let Some(old) = self.samples.pop_front() {
+                self.bytes -= old.data.len();
+            }
         }
     }
 
@@ -93,13 +110,20 @@ mod tests {
         }
     }
 
+    fn limits(max_samples: usize, max_age_ms: i64) -> HistoryLimits {
+        HistoryLimits {
+            max_samples,
+            max_age_ms,
+            max_bytes: usize::MAX,
+        }
+    }
+
     fn ring(n: u64) -> Ring {
         let mut r = Ring::default();
         for seq in 1..=n {
             r.push(
                 sample(seq, seq as i64 * 1000, json!({"t": seq})),
-                5,
-                1_000_000,
+                &limits(5, 1_000_000),
                 i64::MAX,
             );
         }
@@ -114,8 +138,7 @@ mod tests {
         for seq in 1..=10 {
             r.push(
                 sample(seq, seq as i64 * 1000, json!({})),
-                100,
-                3000,
+                &limits(100, 3000),
                 i64::MAX,
             );
         }
@@ -124,29 +147,51 @@ mod tests {
     }
 
     #[test]
+    fn bounded_by_bytes_but_keeps_the_newest() {
+        let small = HistoryLimits {
+            max_bytes: 100,
+            ..limits(100, 1_000_000)
+        };
+        let mut r = Ring::default();
+        for seq in 1..=10 {
+            // {"p":"xxxxxxxxxxxxxxxxxxxx"}: 28 bytes.
+            r.push(
+                sample(seq, seq as i64, json!({"p": "x".repeat(20)})),
+                &small,
+                i64::MAX,
+            );
+        }
+        let seqs: Vec<u64> = r.samples.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, [8, 9, 10]);
+        assert_eq!(r.bytes, 84);
+        r.push(
+            sample(11, 11, json!({"p": "x".repeat(500)})),
+            &small,
+            i64::MAX,
+        );
+        let seqs: Vec<u64> = r.samples.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, [11], "alone over the budget, and still kept");
+    }
+
+    #[test]
     fn a_timestamp_from_the_future_ages_nothing_out() {
         let now = 1_800_000_000_000;
+        let minute = limits(100, 60_000);
         let mut r = Ring::default();
         for seq in 1..=3 {
             r.push(
                 sample(seq, now - 4000 + seq as i64, json!({})),
-                100,
-                60_000,
+                &minute,
                 now,
             );
         }
         let year_3000 = 32_503_680_000_000;
-        r.push(sample(4, year_3000, json!({})), 100, 60_000, now);
-        r.push(sample(5, now, json!({})), 100, 60_000, now);
+        r.push(sample(4, year_3000, json!({})), &minute, now);
+        r.push(sample(5, now, json!({})), &minute, now);
         let seqs: Vec<u64> = r.samples.iter().map(|s| s.seq).collect();
         assert_eq!(seqs, [1, 2, 3, 4, 5]);
         // What is old by the bridge's clock still goes.
-        r.push(
-            sample(6, now + 61_000, json!({})),
-            100,
-            60_000,
-            now + 61_000,
-        );
+        r.push(sample(6, now + 61_000, json!({})), &minute, now + 61_000);
         let seqs: Vec<u64> = r.samples.iter().map(|s| s.seq).collect();
         assert_eq!(seqs, [4, 5, 6]);
     }
@@ -176,7 +221,7 @@ mod tests {
             } else {
                 json!({"b": seq})
             };
-            r.push(sample(seq, seq as i64, data), 100, 1000, i64::MAX);
+            r.push(sample(seq, seq as i64, data), &limits(100, 1000), i64::MAX);
         }
         let q = |field: Option<&str>, from, to, limit| {
             r.query(&Query {

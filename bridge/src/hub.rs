@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use crate::history::{Query, Ring, Sample};
+use crate::history::{HistoryLimits, Query, Ring, Sample};
 use crate::outbox::{Frame, Held, Outbox};
 use crate::protocol::{DeviceView, ListEntry, Presence, SampleView, ServerMsg, Wire, WireSet};
 use crate::resume::ResumePoint;
@@ -25,13 +25,6 @@ pub type SessionId = u64;
 /// the same answer for an id for as long as the session holds it (a change of permissions is a
 /// new scope, through `Hub::set_readable`): the hub relies on it to know where a session is listed.
 pub type ReadScope = Arc<dyn Fn(&str) -> bool + Send + Sync>;
-
-/// How much telemetry history each device keeps.
-#[derive(Debug, Clone, Copy)]
-pub struct HistoryLimits {
-    pub max_samples: usize,
-    pub max_age_ms: i64,
-}
 
 /// Per-subscription options: a projection and a rate limit.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -361,8 +354,7 @@ impl Hub {
                 ts,
                 data: data.clone(),
             },
-            limits.max_samples,
-            limits.max_age_ms,
+            &limits,
             now,
         );
         d.telemetry = Some(data.clone());

@@ -12,6 +12,7 @@ fn hub(max_samples: usize) -> Arc<Hub> {
         HistoryLimits {
             max_samples,
             max_age_ms: 3_600_000,
+            max_bytes: usize::MAX,
         },
     );
     hub.set_broker_up(true);

@@ -192,9 +192,10 @@ pub async fn run_with(
     }
     let hub = hub::Hub::new(
         format!("{instance}.{}", hub::now_ms()),
-        hub::HistoryLimits {
+        history::HistoryLimits {
             max_samples: config.history.max_samples,
             max_age_ms: (config.history.max_age_secs as i64).saturating_mul(1000),
+            max_bytes: config.history.max_bytes,
         },
     );
     let metrics = Arc::new(metrics::Metrics::new());

@@ -28,6 +28,11 @@ impl Data {
         Data(RawValue::from_string(text).unwrap_or_else(|_| empty()))
     }
 
+    /// Bytes of JSON.
+    pub fn len(&self) -> usize {
+        self.0.get().len()
+    }
+
     pub fn as_str(&self) -> &str {
         self.0.get()
     }
