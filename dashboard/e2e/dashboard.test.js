@@ -19,6 +19,9 @@ const LAB_PLUG = 'lab-plug-001';
 const ALL = [...FLEET, LAB_PLUG, AQUARIUM_ID];
 const DESKTOP = { width: 1280, height: 800 };
 const PHONE = { width: 390, height: 844 };
+const NARROW_PHONE = { width: 360, height: 740 };
+/** A device id with nowhere to break a line (ids may have 64 characters). */
+const LONG_ID = 'warehouse_b_rack_17_shelf_4_bin_12_humidity_sensor';
 
 let stack;
 let browser;
@@ -40,7 +43,7 @@ async function screenshot(name) {
 
 describe('dashboard against a real bridge', () => {
   before(async () => {
-    stack = await Stack.start({ devices: [AQUARIUM_ID] });
+    stack = await Stack.start({ devices: [AQUARIUM_ID, LONG_ID] });
     // A device of its own process, to be killed abruptly later (its MQTT will says `offline`).
     await stack.startFleet('lab', ['--count', '1', '--kinds', 'plug', '--id-prefix', 'lab-']);
     const will = { topic: `iot/${AQUARIUM_ID}/status`, payload: 'offline', qos: 1, retain: true };
@@ -241,6 +244,49 @@ describe('dashboard against a real bridge', () => {
     for (const icon of app.icons) assert.equal((await stack.get(`/${icon.src}`)).status, 200, icon.src);
 
     await page.setViewportSize(DESKTOP);
+  });
+
+  test('on a narrow phone, long ids, rooms and values wrap instead of widening the page', { timeout: 20000 }, async () => {
+    const sensor = await stack.mqtt(`devices/${LONG_ID}`, LONG_ID);
+    const announce = (topic, payload) => sensor.publishAsync(`iot/${LONG_ID}/${topic}`, payload, { qos: 1, retain: true });
+    const note = card(AQUARIUM_ID).getByRole('textbox', { name: /^Note/ });
+    const longNote = 'filter_changed_with_kit_4f9c2e7a1b3d5f6e8a9c0b1d2e3f4a5b6c7d8e9f';
+    try {
+      const meta = { kind: 'sensor', name: 'Humidity', room: 'Lagerhalle_Nord_Untergeschoss', telemetry: { humidity: { type: 'float', unit: '%' } } };
+      await announce('meta', JSON.stringify(meta));
+      await announce('status', 'online');
+      await note.fill(longNote);
+      await note.press('Enter');
+      await waitFor('the long note on the device', () => aquarium.state.note === longNote);
+      await waitFor('the note shown', async () => (await text(card(AQUARIUM_ID).locator('[data-control="note"] output'))) === longNote);
+      await waitFor('the long-id card', async () => (await badge(LONG_ID)) === 'Online');
+
+      await page.setViewportSize(NARROW_PHONE);
+      await sleep(300);
+      const overflow = await page.evaluate(() => {
+        const out = [];
+        const width = window.innerWidth;
+        if (document.documentElement.scrollWidth > width) out.push(`page is ${document.documentElement.scrollWidth} px wide`);
+        // Sticking out of a card is a defect too, even where the page would clip it.
+        for (const el of document.querySelectorAll('body *')) {
+          const r = el.getBoundingClientRect();
+          const box = el.parentElement.closest('.card')?.getBoundingClientRect() ?? { left: 0, right: width };
+          if (r.width > 0 && (r.left < box.left - 0.5 || r.right > box.right + 0.5)) {
+            out.push(`${el.outerHTML.slice(0, 60)} spans ${Math.round(r.left)}..${Math.round(r.right)} in ${Math.round(box.left)}..${Math.round(box.right)}`);
+          }
+        }
+        return out;
+      });
+      assert.deepEqual(overflow, [], 'nothing wider than the screen or its card');
+    } finally {
+      await page.setViewportSize(DESKTOP);
+      // The device and the note go again, so later tests and screenshots see the usual fleet.
+      await announce('meta', '');
+      await announce('status', '');
+      await note.fill('');
+      await note.press('Enter');
+      await waitFor('the note cleared', () => aquarium.state.note === '');
+    }
   });
 
   test('a device that dies is shown offline within seconds', { timeout: 20000 }, async () => {
