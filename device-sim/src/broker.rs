@@ -197,12 +197,18 @@ impl TlsFactory {
     }
 }
 
-/// Checks what rumqttc would otherwise reject with a panic.
+/// Checks what rumqttc would otherwise reject with a panic, and a connect rate that would
+/// otherwise quietly mean no pacing at all.
 pub(crate) fn validate(opts: &BrokerOpts) -> Result<(), SimError> {
     if !opts.keep_alive.is_zero() && opts.keep_alive < Duration::from_secs(1) {
         return Err(SimError::InvalidSpec(
             "keep_alive must be zero (off) or at least 1 s".to_string(),
         ));
+    }
+    if let Some(rate) = opts.connect_rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+        return Err(SimError::InvalidSpec(format!(
+            "the connect rate must be above 0 connections per second, got {rate}"
+        )));
     }
     if opts.topic_prefix.is_empty() || opts.topic_prefix.contains(['+', '#']) {
         return Err(SimError::InvalidSpec(format!(

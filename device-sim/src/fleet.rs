@@ -361,6 +361,12 @@ mod tests {
         let mut fast = b.clone();
         fast.keep_alive = Duration::from_millis(500);
         assert!(err(Fleet::start_devices(fast, one("k")).await).contains("keep_alive"));
+        for rate in [0.0, -5.0, f64::NAN, f64::INFINITY] {
+            let mut paced = b.clone();
+            paced.connect_rate = Some(rate);
+            let e = err(Fleet::start_devices(paced, one("r")).await);
+            assert!(e.contains("connect rate must be above 0"), "{rate}: {e}");
+        }
         let mut wild = b.clone();
         wild.topic_prefix = "iot/#".into();
         assert!(err(Fleet::start_devices(wild, one("w")).await).contains("wildcards"));
