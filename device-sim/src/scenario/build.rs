@@ -79,10 +79,15 @@ fn from_file(f: ScenarioFile, base: &Path) -> Res<Scenario> {
         return bad("duration", "must be > 0");
     }
     let custom = kinds::profiles(&f.kinds, clock)?;
-    let default_rooms: Vec<String> = if f.rooms.is_empty() {
-        ROOMS.iter().map(|r| r.to_string()).collect()
-    } else {
-        f.rooms.clone()
+    let default_rooms: Vec<String> = match &f.rooms {
+        None => ROOMS.iter().map(|r| r.to_string()).collect(),
+        Some(rooms) if rooms.is_empty() => {
+            return bad(
+                "rooms",
+                "must name at least one room (leave it out for the default ones)",
+            )
+        }
+        Some(rooms) => rooms.clone(),
     };
     let groups = groups(&f.fleet, &custom, &default_rooms)?;
     check_ids(&groups, seed)?;

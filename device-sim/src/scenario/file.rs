@@ -23,8 +23,7 @@ pub(crate) struct ScenarioFile {
     /// `HH:MM`: the simulated time of day when the run starts (daily curves).
     pub start_time: Option<String>,
     pub time_scale: Option<f64>,
-    #[serde(default)]
-    pub rooms: Vec<String>,
+    pub rooms: Option<Vec<String>>,
     #[serde(default)]
     pub broker: BrokerSection,
     #[serde(default)]

@@ -409,6 +409,7 @@ fn mistakes_say_where_they_are() {
         ("[[fleet]]\nkind = \"light\"\ncount = 1\nbehaviour = { reject = [{ control = \"hue\" }] }", "has no control 'hue'"),
         ("start_time = \"25:00\"\n[[fleet]]\nkind = \"light\"\ncount = 1", "start_time"),
         ("[broker]\nca_key = \"k\"\ncert = \"c\"\nkey = \"k\"\n[[fleet]]\nkind = \"light\"\ncount = 1", "not both"),
+        ("rooms = []\n[[fleet]]\nkind = \"light\"\ncount = 1", "rooms: must name at least one room"),
         ("[[fleet]]\nkind = \"light\"\ncount = 600000\n[[fleet]]\nkind = \"plug\"\ncount = 400001", "fleet: 1000001 devices; a scenario has at most 1000000"),
     ];
     for (text, wanted) in cases {
