@@ -82,6 +82,7 @@ pub struct MqttLink {
     backoff_min: Duration,
     backoff_max: Duration,
     max_payload: usize,
+    bad_payload_warnings: Sparse,
 }
 
 impl MqttLink {
@@ -128,6 +129,7 @@ impl MqttLink {
             backoff_min: Duration::from_millis(config.reconnect_min_ms),
             backoff_max: Duration::from_millis(config.reconnect_max_ms),
             max_payload,
+            bad_payload_warnings: Sparse::default(),
         })
     }
 
@@ -218,7 +220,7 @@ impl MqttLink {
         info!("broker link stopped");
     }
 
-    fn on_publish(&self, p: Publish) {
+    fn on_publish(&mut self, p: Publish) {
         let Some((device, channel)) = topic::parse(&self.handle.prefix, &p.topic) else {
             debug!(topic = %p.topic, "ignoring message on an unexpected topic");
             return;
@@ -226,7 +228,17 @@ impl MqttLink {
         self.metrics.message_in(channel);
         if let Err(e) = self.dispatch(device, channel, &p.payload) {
             self.metrics.bad_payloads.inc();
-            warn!(device, channel = channel.as_str(), error = %e, "bad payload from device");
+            // A device that sends junk many times a second must not drown the log; the metric
+            // counts every one.
+            if let Some(unlogged_since_last) = self.bad_payload_warnings.due(Instant::now()) {
+                warn!(
+                    device,
+                    channel = channel.as_str(),
+                    error = %e,
+                    unlogged_since_last,
+                    "bad payload from device"
+                );
+            }
         }
     }
 
@@ -285,6 +297,27 @@ impl ShortLived {
     }
 }
 
+/// A warning logged at most once per [`Sparse::EVERY`], saying how many it left out.
+#[derive(Debug, Default)]
+struct Sparse {
+    last: Option<Instant>,
+    left_out: u64,
+}
+
+impl Sparse {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    /// Whether to log at `now`, and if so how many were left out since the last one.
+    fn due(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|t| now - t < Self::EVERY) {
+            self.left_out += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.left_out))
+    }
+}
+
 /// Exponential backoff with full jitter: uniform in [min, min * 2^attempt] capped at max.
 pub fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
     let ceiling = min
@@ -314,6 +347,18 @@ mod tests {
         assert!(![0, 40, 80, 120, 160]
             .into_iter()
             .any(|s| spread.ended(at(s))));
+    }
+
+    #[test]
+    fn sparse_warnings_say_how_many_they_left_out() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut sparse = Sparse::default();
+        assert_eq!(sparse.due(at(0)), Some(0));
+        assert_eq!(sparse.due(at(10)), None);
+        assert_eq!(sparse.due(at(999)), None);
+        assert_eq!(sparse.due(at(1000)), Some(2));
+        assert_eq!(sparse.due(at(5000)), Some(0));
     }
 
     #[test]
