@@ -3,11 +3,14 @@
 use std::path::PathBuf;
 
 /// Everything that can go wrong while making, loading, bundling or writing certificates.
+///
+/// Every variant says its cause in its own message and none reports it as a `source`: a report
+/// of the error chain (`{:#}`, as `iot-certs` prints) would otherwise say each cause twice.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     /// rcgen refused the parameters or the key (bad key file, unsupported algorithm, ...).
     #[error("certificate generation failed: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(rcgen::Error),
 
     /// A PEM or DER input could not be understood.
     #[error("invalid {what}: {reason}")]
@@ -47,12 +50,17 @@ pub enum CertError {
     NotFound { what: String, path: PathBuf },
 
     /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+impl From<rcgen::Error> for CertError {
+    fn from(e: rcgen::Error) -> CertError {
+        CertError::Generate(e)
+    }
 }
 
 impl CertError {
@@ -63,10 +71,26 @@ impl CertError {
         }
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         CertError::Io {
             path: path.into(),
-            source,
+            error,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_report_says_each_cause_once() {
+        let io = CertError::io("ca.pem", std::io::Error::other("gone"));
+        assert_eq!(format!("{:#}", anyhow::Error::from(io)), "ca.pem: gone");
+        let rcgen = anyhow::Error::from(CertError::from(rcgen::Error::CouldNotParseKeyPair));
+        assert_eq!(
+            format!("{rcgen:#}"),
+            "certificate generation failed: Could not parse key pair"
+        );
     }
 }
