@@ -27,6 +27,8 @@ let stack;
 let browser;
 let page;
 let aquarium;
+/** MQTT client with LONG_ID's certificate, for a device that comes and goes during the tests. */
+let longIdClient;
 let loadedAt;
 /** Latest retained state per device as the broker holds it: the device side of a command. */
 const deviceState = new Map();
@@ -35,6 +37,13 @@ const pageErrors = [];
 const card = (id) => page.locator(`article[data-device="${id}"]`);
 const text = async (locator) => (await locator.textContent())?.trim();
 const badge = (id) => text(card(id).locator('.badge-text'));
+
+/** Makes LONG_ID a device with `meta`, or with null removes it again (empty retained meta and status). */
+async function setLongIdDevice(meta) {
+  const publish = (topic, payload) => longIdClient.publishAsync(`iot/${LONG_ID}/${topic}`, payload, { qos: 1, retain: true });
+  await publish('meta', meta ? JSON.stringify(meta) : '');
+  await publish('status', meta ? 'online' : '');
+}
 
 async function screenshot(name) {
   await mkdir(SHOTS, { recursive: true });
@@ -48,6 +57,7 @@ describe('dashboard against a real bridge', () => {
     await stack.startFleet('lab', ['--count', '1', '--kinds', 'plug', '--id-prefix', 'lab-']);
     const will = { topic: `iot/${AQUARIUM_ID}/status`, payload: 'offline', qos: 1, retain: true };
     aquarium = await runAquarium(await stack.mqtt(`devices/${AQUARIUM_ID}`, AQUARIUM_ID, { will }));
+    longIdClient = await stack.mqtt(`devices/${LONG_ID}`, LONG_ID);
 
     // The bridge's certificate may read every device's retained state: use it as the observer.
     const observer = await stack.mqtt('bridge-client', 'dashboard-e2e-observer');
@@ -212,6 +222,46 @@ describe('dashboard against a real bridge', () => {
     await waitFor('one group again', async () => (await page.locator('h2.group-title').count()) === 0);
   });
 
+  test('cards coming and going keep the focus and what someone is typing', { timeout: 20000 }, async () => {
+    const note = card(AQUARIUM_ID).getByRole('textbox', { name: /^Note/ });
+    const isFocused = () => note.evaluate((el) => el === document.activeElement);
+    await note.click();
+    await page.keyboard.type('half');
+    // A device that sorts before the aquarium appears, then goes again.
+    await setLongIdDevice({ kind: 'sensor', name: 'Humidity', telemetry: { humidity: { type: 'float', unit: '%' } } });
+    await waitFor('the new card', async () => (await card(LONG_ID).count()) === 1);
+    assert.ok(await isFocused(), 'focus stays in the field when a card appears');
+    await page.keyboard.type(' typed');
+    await setLongIdDevice(null);
+    await waitFor('the card gone', async () => (await card(LONG_ID).count()) === 0);
+    assert.ok(await isFocused(), 'and when a card goes');
+    await page.keyboard.type(' note');
+    assert.equal(await note.inputValue(), 'half typed note');
+    assert.equal(aquarium.state.note, '', 'nothing was sent');
+
+    // When cards must swap, the one holding the focus stays and the others move around it.
+    const swapped = await page.evaluate(async () => {
+      const { placeChildren } = await import('/js/view.js');
+      const parent = document.createElement('div');
+      const [a, b, c] = ['a', 'b', 'c'].map((name) => {
+        const child = document.createElement('div');
+        child.dataset.name = name;
+        child.append(document.createElement('input'));
+        return child;
+      });
+      parent.append(a, b, c);
+      document.body.append(parent);
+      c.firstChild.focus();
+      placeChildren(parent, [c, b, a]);
+      const result = { order: [...parent.children].map((n) => n.dataset.name).join(''), focused: document.activeElement === c.firstChild };
+      parent.remove();
+      return result;
+    });
+    assert.deepEqual(swapped, { order: 'cba', focused: true });
+    await note.fill('');
+    await note.blur();
+  });
+
   test('on a phone: no sideways scrolling, 44 px targets, every control labelled', { timeout: 20000 }, async () => {
     await page.setViewportSize(PHONE);
     await sleep(300);
@@ -247,14 +297,10 @@ describe('dashboard against a real bridge', () => {
   });
 
   test('on a narrow phone, long ids, rooms and values wrap instead of widening the page', { timeout: 20000 }, async () => {
-    const sensor = await stack.mqtt(`devices/${LONG_ID}`, LONG_ID);
-    const announce = (topic, payload) => sensor.publishAsync(`iot/${LONG_ID}/${topic}`, payload, { qos: 1, retain: true });
     const note = card(AQUARIUM_ID).getByRole('textbox', { name: /^Note/ });
     const longNote = 'filter_changed_with_kit_4f9c2e7a1b3d5f6e8a9c0b1d2e3f4a5b6c7d8e9f';
     try {
-      const meta = { kind: 'sensor', name: 'Humidity', room: 'Lagerhalle_Nord_Untergeschoss', telemetry: { humidity: { type: 'float', unit: '%' } } };
-      await announce('meta', JSON.stringify(meta));
-      await announce('status', 'online');
+      await setLongIdDevice({ kind: 'sensor', name: 'Humidity', room: 'Lagerhalle_Nord_Untergeschoss', telemetry: { humidity: { type: 'float', unit: '%' } } });
       await note.fill(longNote);
       await note.press('Enter');
       await waitFor('the long note on the device', () => aquarium.state.note === longNote);
@@ -281,8 +327,7 @@ describe('dashboard against a real bridge', () => {
     } finally {
       await page.setViewportSize(DESKTOP);
       // The device and the note go again, so later tests and screenshots see the usual fleet.
-      await announce('meta', '');
-      await announce('status', '');
+      await setLongIdDevice(null);
       await note.fill('');
       await note.press('Enter');
       await waitFor('the note cleared', () => aquarium.state.note === '');

@@ -7,6 +7,31 @@ import { SERIES_LENGTH } from './store.js';
 
 const GROUP_KEY = 'iot-dashboard.group';
 
+/**
+ * Makes `children` the element children of `parent`, in this order, moving only what is out of
+ * place. A node moved in the DOM loses the focus inside it, and with it whatever the person types
+ * next, so the child holding the focus stays where it is and the others are placed around it.
+ */
+export function placeChildren(parent, children) {
+  const wanted = new Set(children);
+  for (const node of [...parent.children]) if (!wanted.has(node)) node.remove();
+  const active = parent.ownerDocument.activeElement;
+  const pinned = children.find((c) => c.parentNode === parent && c.contains(active));
+  let next = parent.firstElementChild;
+  for (const child of children) {
+    if (child === pinned) {
+      // Everything still between here and the pinned child belongs after it: out of its way.
+      while (next !== pinned) {
+        const later = next;
+        next = next.nextElementSibling;
+        parent.append(later);
+      }
+    }
+    if (child === next) next = next.nextElementSibling;
+    else parent.insertBefore(child, next);
+  }
+}
+
 export class DashboardView {
   /**
    * @param {Window} win
@@ -19,6 +44,8 @@ export class DashboardView {
     this.store = store;
     this.actions = actions;
     this.cards = new Map();
+    /** Group key -> {el, grid, count} of the sections on the page. */
+    this.sections = new Map();
     this.layoutKey = '';
     this.frame = null;
     this.retryAt = null;
@@ -143,37 +170,47 @@ export class DashboardView {
     const key = `${this.grouping}|${groups.map((g) => `${g.key}:${g.devices.map((d) => d.id).join(',')}`).join('|')}`;
     if (key === this.layoutKey) return;
     this.layoutKey = key;
-    const doc = this.doc;
-    const sections = groups.map((g) => {
-      const section = doc.createElement('section');
-      section.className = 'group';
-      const grid = doc.createElement('div');
-      grid.className = 'grid';
-      if (this.grouping !== 'none') {
-        const h = doc.createElement('h2');
-        h.className = 'group-title';
-        h.id = `group-${g.key.replace(/[^A-Za-z0-9_-]/g, '_')}`;
-        h.textContent = g.label;
-        const count = doc.createElement('span');
-        count.className = 'group-count';
-        count.textContent = String(g.devices.length);
-        h.append(count);
-        section.setAttribute('aria-labelledby', h.id);
-        section.append(h);
-      } else {
-        // Keeps the heading outline h1 > h2 > h3 for screen-reader navigation.
-        const h = doc.createElement('h2');
-        h.className = 'vh';
-        h.textContent = 'Devices';
-        section.append(h);
-        section.setAttribute('aria-label', 'Devices');
-      }
-      for (const d of g.devices) grid.append(this.cards.get(d.id).el);
-      section.append(grid);
-      return section;
-    });
+    const sections = new Map();
+    for (const g of groups) {
+      if (g.devices.length === 0) continue;
+      const s = this.sections.get(g.key) ?? this.section(g);
+      if (s.count) s.count.textContent = String(g.devices.length);
+      placeChildren(s.grid, g.devices.map((d) => this.cards.get(d.id).el));
+      sections.set(g.key, s);
+    }
+    this.sections = sections;
     this.ui.groups.dataset.grouping = this.grouping;
-    this.ui.groups.replaceChildren(...sections.filter((s) => s.querySelector('.card')));
+    placeChildren(this.ui.groups, [...sections.values()].map((s) => s.el));
+  }
+
+  /** A group's section: heading and grid, kept across layouts so its cards need not move. */
+  section(g) {
+    const doc = this.doc;
+    const el = doc.createElement('section');
+    el.className = 'group';
+    const grid = doc.createElement('div');
+    grid.className = 'grid';
+    let count = null;
+    if (this.grouping !== 'none') {
+      const h = doc.createElement('h2');
+      h.className = 'group-title';
+      h.id = `group-${g.key.replace(/[^A-Za-z0-9_-]/g, '_')}`;
+      h.textContent = g.label;
+      count = doc.createElement('span');
+      count.className = 'group-count';
+      h.append(count);
+      el.setAttribute('aria-labelledby', h.id);
+      el.append(h);
+    } else {
+      // Keeps the heading outline h1 > h2 > h3 for screen-reader navigation.
+      const h = doc.createElement('h2');
+      h.className = 'vh';
+      h.textContent = 'Devices';
+      el.append(h);
+      el.setAttribute('aria-label', 'Devices');
+    }
+    el.append(grid);
+    return { el, grid, count };
   }
 
   renderSummary(devices, shown, conditions) {
