@@ -9,15 +9,28 @@ pub enum PayloadFormat {
     Cbor,
 }
 
-/// Why a payload could not be decoded.
+/// Why a payload could not be decoded. Causes are in the messages, never `source`s (see
+/// [`crate::SimError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("CBOR: {0}")]
-    Cbor(#[from] ciborium::de::Error<std::io::Error>),
+    Cbor(ciborium::de::Error<std::io::Error>),
     #[error("payload is not a map")]
     NotAMap,
+}
+
+impl From<serde_json::Error> for CodecError {
+    fn from(e: serde_json::Error) -> CodecError {
+        CodecError::Json(e)
+    }
+}
+
+impl From<ciborium::de::Error<std::io::Error>> for CodecError {
+    fn from(e: ciborium::de::Error<std::io::Error>) -> CodecError {
+        CodecError::Cbor(e)
+    }
 }
 
 impl PayloadFormat {

@@ -33,7 +33,7 @@ const KEEP_BUFFER: usize = 4096;
 /// Why a connection could not be opened or was lost.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LinkError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("timed out")]
     Timeout,

@@ -29,19 +29,26 @@ pub use ws::{ObserverOpts, SUBPROTOCOL};
 const COMMAND_QUEUE: usize = 256;
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
-/// Why the observer could not talk to the bridge.
+/// Why the observer could not talk to the bridge. Causes are in the messages, never `source`s
+/// (see [`crate::SimError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ObserverError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("WebSocket: {0}")]
-    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    WebSocket(tokio_tungstenite::tungstenite::Error),
     #[error("{0}")]
     Protocol(String),
     #[error("timed out connecting to the bridge")]
     Timeout,
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for ObserverError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> ObserverError {
+        ObserverError::WebSocket(e)
+    }
 }
 
 struct Command {

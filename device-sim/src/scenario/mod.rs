@@ -33,13 +33,14 @@ use crate::spec::DeviceSpec;
 
 pub use expand::expand_pattern;
 
-/// Why a scenario file cannot be used.
+/// Why a scenario file cannot be used. Causes are in the messages, never `source`s (see
+/// [`crate::SimError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Not TOML, or a key or value the format does not know (the message has the line).
     #[error("{path}: {message}")]
@@ -115,9 +116,9 @@ pub struct Scenario {
 impl Scenario {
     /// Reads and checks a scenario file; relative paths in it are taken from its folder.
     pub fn from_file(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ScenarioError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         build::build(&text, &path.display().to_string(), base)
