@@ -53,29 +53,28 @@ const SEGMENT_COUNT: usize = 4;
 /// How long `start` waits for the listener to come up.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why the broker could not start.
+/// Why the broker could not start. Causes are in the messages, never `source`s (see
+/// [`crate::DemoError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("{}: {reason}", path.display())]
     BadPath { path: PathBuf, reason: &'static str },
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: {reason}", path.display())]
     Pem { path: PathBuf, reason: String },
     #[error("unusable TLS setup: {0}")]
     Tls(String),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot start the broker thread: {0}")]
-    Spawn(#[source] std::io::Error),
+    Spawn(std::io::Error),
     #[error("broker stopped while starting on {addr} (port taken meanwhile? see the rumqttd log)")]
     Stopped { addr: SocketAddr },
     #[error("broker did not listen on {addr} within {waited:?}")]
@@ -212,9 +211,9 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, BrokerError> 
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, BrokerError> {
-    std::fs::read(path).map_err(|source| BrokerError::Read {
+    std::fs::read(path).map_err(|error| BrokerError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -231,10 +230,10 @@ fn utf8(path: &Path) -> Result<String, BrokerError> {
 /// Checks that `addr` is free and turns port 0 into a concrete free port.
 fn reserve_port(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
     let listener =
-        std::net::TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?;
+        std::net::TcpListener::bind(addr).map_err(|error| BrokerError::Bind { addr, error })?;
     listener
         .local_addr()
-        .map_err(|source| BrokerError::Bind { addr, source })
+        .map_err(|error| BrokerError::Bind { addr, error })
     // The listener is dropped here so that rumqttd can bind the same port.
 }
 

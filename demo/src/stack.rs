@@ -30,26 +30,47 @@ pub struct DemoOptions {
     pub extra_sans: Vec<String>,
 }
 
+/// Why the demo could not start.
+///
+/// Every variant says its cause in its own message and none reports it as a `source`: a report
+/// of the error chain (`{:#}`, as `iot-demo` prints) would otherwise say each cause twice.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("certificates: {0}")]
-    Certs(#[from] iot_certs::CertError),
+    Certs(iot_certs::CertError),
     #[error("embedded broker: {0}")]
-    Broker(#[from] crate::broker::BrokerError),
-    #[error("cannot read {path}: {source}")]
+    Broker(crate::broker::BrokerError),
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("bridge config: {0}")]
-    Config(#[from] iot_bridge::config::ConfigError),
+    Config(iot_bridge::config::ConfigError),
     #[error("simulated fleet: {0}")]
-    Fleet(#[from] device_sim::SimError),
+    Fleet(device_sim::SimError),
+}
+
+macro_rules! from {
+    ($($variant:ident: $cause:ty),* $(,)?) => {$(
+        impl From<$cause> for DemoError {
+            fn from(e: $cause) -> DemoError {
+                DemoError::$variant(e)
+            }
+        }
+    )*};
+}
+
+from! {
+    Certs: iot_certs::CertError,
+    Broker: crate::broker::BrokerError,
+    Config: iot_bridge::config::ConfigError,
+    Fleet: device_sim::SimError,
 }
 
 /// A running demo. Dropping it does not stop it; cancel the token given to [`start`].
@@ -87,13 +108,13 @@ pub async fn start(opts: &DemoOptions, shutdown: CancellationToken) -> Result<De
     config.validate()?;
     let https = tokio::net::TcpListener::bind(opts.listen)
         .await
-        .map_err(|source| DemoError::Bind {
+        .map_err(|error| DemoError::Bind {
             addr: opts.listen,
-            source,
+            error,
         })?;
-    let bridge_addr = https.local_addr().map_err(|source| DemoError::Bind {
+    let bridge_addr = https.local_addr().map_err(|error| DemoError::Bind {
         addr: opts.listen,
-        source,
+        error,
     })?;
     let bridge = tokio::spawn(iot_bridge::run(
         iot_bridge::Listeners { https },
@@ -102,9 +123,9 @@ pub async fn start(opts: &DemoOptions, shutdown: CancellationToken) -> Result<De
     ));
 
     let read = |path: &PathBuf| {
-        std::fs::read_to_string(path).map_err(|source| DemoError::Read {
+        std::fs::read_to_string(path).map_err(|error| DemoError::Read {
             path: path.clone(),
-            source,
+            error,
         })
     };
     let broker_opts = BrokerOpts::new(
@@ -146,5 +167,40 @@ impl Demo {
         };
         self.fleet.stop().await;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::BrokerError;
+
+    #[test]
+    fn a_chain_report_says_each_cause_once() {
+        let report = |e: DemoError| format!("{:#}", anyhow::Error::from(e));
+        let gone = || std::io::Error::other("gone");
+        let certs = iot_certs::CertError::Io {
+            path: "ca.pem".into(),
+            error: gone(),
+        };
+        assert_eq!(report(certs.into()), "certificates: ca.pem: gone");
+        let broker = BrokerError::Read {
+            path: "broker.key".into(),
+            error: gone(),
+        };
+        assert_eq!(
+            report(broker.into()),
+            "embedded broker: cannot read broker.key: gone"
+        );
+        let bind = DemoError::Bind {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            error: gone(),
+        };
+        assert_eq!(report(bind), "cannot listen on 127.0.0.1:8443: gone");
+        let fleet = device_sim::SimError::from(rustls::Error::HandshakeNotComplete);
+        assert_eq!(
+            report(fleet.into()),
+            "simulated fleet: TLS configuration: handshake not complete"
+        );
     }
 }
