@@ -350,6 +350,24 @@ describe('dashboard against a real bridge', () => {
     assert.equal(await sw.getAttribute('aria-checked'), before, 'the switch did not pretend');
   });
 
+  test('the clock moves a silent device’s age without rendering its card again', { timeout: 20000 }, async () => {
+    // The plug died in the test before: nothing more comes from it.
+    const seen = await page.evaluate(async (id) => {
+      const card = window.iotDashboard.view.cards.get(id);
+      let updates = 0;
+      card.update = (...args) => {
+        updates += 1;
+        Object.getPrototypeOf(card).update.apply(card, args);
+      };
+      const before = card.foot.textContent;
+      await new Promise((resolve) => setTimeout(resolve, 2500));
+      delete card.update;
+      return { updates, before, after: card.foot.textContent };
+    }, LAB_PLUG);
+    assert.notEqual(seen.after, seen.before, 'the age moved on');
+    assert.equal(seen.updates, 0, 'the card was not rendered again');
+  });
+
   test('screenshots at desktop and phone size, light and dark', { timeout: 20000 }, async () => {
     // Let the sparklines fill a little more so the pictures show what a person sees after a while.
     await sleep(Math.max(0, 12000 - (Date.now() - loadedAt)));

@@ -116,6 +116,7 @@ export class DeviceCard {
   }
 
   update(device, condition, now, controllable = true) {
+    this.condition = condition;
     this.el.dataset.condition = condition.status;
     this.badge.dataset.condition = condition.status;
     const label = CONDITION_LABELS[condition.status] ?? condition.status;
@@ -142,9 +143,14 @@ export class DeviceCard {
       control.update(device.state?.[name], device.commands.get(name), now);
     }
     this.readonly.hidden = controllable;
+    this.renderAge(device, now);
+  }
 
+  /** The footer: how old the data is, after the condition's reason when there is one. */
+  renderAge(device, now) {
+    const { status, reason } = this.condition;
     const updated = device.receivedAt !== null ? `Updated ${relativeTime(device.receivedAt, now)}` : this.metrics.size ? 'No data yet' : '';
-    const foot = condition.status === 'online' || !condition.reason ? updated : `${condition.reason}${updated ? ` ${updated}.` : ''}`;
+    const foot = status === 'online' || !reason ? updated : `${reason}${updated ? ` ${updated}.` : ''}`;
     if (this.foot.textContent !== foot) this.foot.textContent = foot;
   }
 }

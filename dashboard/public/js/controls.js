@@ -67,6 +67,7 @@ class Control {
     this.statusId = uid('st');
     this.draft = null;
     this.timer = null;
+    this.doneTimer = null;
     /** A finger, mouse or key is still moving the control: leave the draft alone. */
     this.holding = false;
     this.reported = undefined;
@@ -128,9 +129,16 @@ class Control {
     if (!busy) this.draft = null;
     this.render(busy);
     const text = commandText(cmd, this.spec, now);
-    if (this.status.textContent !== text) this.status.textContent = text;
-    this.status.dataset.status = text ? cmd.status : '';
+    this.showStatus(text, cmd?.status);
+    // "Done" is the one text that ends with time alone, when no render may be due: a timer ends it.
+    clearTimeout(this.doneTimer);
+    if (text && cmd.status === 'ok') this.doneTimer = setTimeout(() => this.showStatus('', ''), OK_VISIBLE_MS - (now - cmd.at));
     this.el.classList.toggle('is-pending', busy);
+  }
+
+  showStatus(text, status) {
+    if (this.status.textContent !== text) this.status.textContent = text;
+    this.status.dataset.status = text ? status : '';
   }
 
   suffix() {
