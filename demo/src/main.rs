@@ -1,6 +1,6 @@
 //! `iot-demo`: starts broker, fleet and bridge, prints the dashboard URL and how to get in.
 
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -76,7 +76,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         demo.fleet.ids().len()
     );
     println!();
-    println!("  Dashboard:   https://localhost:{port}/");
+    let urls = dashboard_urls(port, &opts.extra_sans);
+    println!("  Dashboard:   {}", urls.join("\n               "));
     println!("  WebSocket:   wss://localhost:{port}/ws   (subprotocol iotbridge.v1.json)");
     println!(
         "  MQTT broker: mqtts://localhost:{}  (client certificate required)",
@@ -105,4 +106,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     demo.wait().await?;
     Ok(())
+}
+
+/// The dashboard's address under each name the server certificate covers: `localhost`, then
+/// every `--san`, so someone on a phone sees the one to type. A wildcard names no host.
+fn dashboard_urls(port: u16, sans: &[String]) -> Vec<String> {
+    let mut hosts = vec!["localhost".to_owned()];
+    for san in sans.iter().map(|s| s.trim()) {
+        let host = match san.parse::<Ipv6Addr>() {
+            Ok(ip) => format!("[{ip}]"),
+            Err(_) => san.to_owned(),
+        };
+        if !san.starts_with("*.") && !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    hosts
+        .iter()
+        .map(|host| format!("https://{host}:{port}/"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_dashboard_url_per_name() {
+        let sans = ["192.168.1.20", "iot.lan", "fe80::1", "*.lan", "localhost"].map(String::from);
+        assert_eq!(
+            dashboard_urls(8443, &sans),
+            [
+                "https://localhost:8443/",
+                "https://192.168.1.20:8443/",
+                "https://iot.lan:8443/",
+                "https://[fe80::1]:8443/",
+            ]
+        );
+        assert_eq!(dashboard_urls(9000, &[]), ["https://localhost:9000/"]);
+    }
 }
