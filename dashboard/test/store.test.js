@@ -20,7 +20,7 @@ function setup() {
   return { store, changes, tick: (ms) => { now += ms; }, at: () => now };
 }
 
-test('a snapshot creates devices; a fresh one replaces, a recovered one merges', () => {
+test('a snapshot creates devices, and every later one replaces them, recovered or not', () => {
   const { store } = setup();
   store.applySnapshot({
     devices: [
@@ -35,8 +35,10 @@ test('a snapshot creates devices; a fresh one replaces, a recovered one merges',
   assert.deepEqual(store.seriesValues(a, 'power'), [3]);
   assert.equal(a.receivedAt, 999_000, 'age comes from the bridge timestamp, not from the reconnect');
 
-  store.applySnapshot({ devices: [{ id: 'c', presence: 'online' }], recovered: true });
-  assert.deepEqual([...store.devices.keys()].sort(), ['a', 'b', 'c']);
+  // A resume replays telemetry, not removals: b was removed while the page was away.
+  store.applySnapshot({ devices: [{ id: 'a', meta: META, presence: 'online', seq: 1 }, { id: 'c', presence: 'online' }], recovered: true });
+  assert.deepEqual([...store.devices.keys()].sort(), ['a', 'c'], 'a recovered snapshot prunes too');
+  assert.deepEqual(store.seriesValues(store.devices.get('a'), 'power'), [3], 'and keeps what it does not replace');
 
   store.applySnapshot({ devices: [{ id: 'a', meta: META, presence: 'offline', state: { on: false }, telemetry: { power: 3 }, seq: 0, ts: 999_000 }], recovered: false });
   assert.deepEqual([...store.devices.keys()], ['a'], 'devices the bridge no longer reports are gone');
@@ -92,6 +94,18 @@ test('control rights follow the bridge globs; unknown means allowed', () => {
   assert.equal(store.canControl('plug-1'), false);
   store.setPermissions({ read: ['*'], control: [] });
   assert.equal(store.canControl('light-1'), false);
+});
+
+test('permissions that no longer let the page read a device drop it', () => {
+  const { store, changes } = setup();
+  for (const id of ['light-1', 'light-2', 'plug-1']) store.applyDevice({ device: id, meta: META });
+  store.setPermissions({ read: ['*'], control: [] });
+  assert.equal(store.devices.size, 3);
+  store.setPermissions({ read: ['light-*'], control: ['light-1'] });
+  assert.deepEqual([...store.devices.keys()], ['light-1', 'light-2']);
+  assert.equal(changes.at(-1), null, 'the whole page is rendered again');
+  store.setPermissions({ read: [], control: [] });
+  assert.equal(store.devices.size, 0);
 });
 
 test('state, presence and device messages; removal drops the device', () => {

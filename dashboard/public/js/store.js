@@ -53,9 +53,10 @@ export class DeviceStore {
   }
 
   /**
-   * A snapshot describes every subscribed device. Unless it says the stream was recovered, it
-   * replaces what we had: a device the bridge no longer reports is gone. Sparkline series
-   * survive for devices that are still there, so a reconnect does not blank the charts.
+   * A snapshot describes every subscribed device, recovered or not, so it replaces what we had:
+   * a device the bridge no longer reports is gone (removed while we were away: a resume replays
+   * telemetry, not removals). Sparkline series survive for devices that are still there, so a
+   * reconnect does not blank the charts.
    */
   applySnapshot({ devices, recovered }) {
     if (recovered !== true) {
@@ -82,9 +83,7 @@ export class DeviceStore {
         d.receivedAt = typeof view.ts === 'number' ? Math.min(view.ts, this.now()) : d.receivedAt;
       }
     }
-    if (recovered !== true) {
-      for (const id of [...this.devices.keys()]) if (!seen.has(id)) this.devices.delete(id);
-    }
+    this.forget((id) => !seen.has(id));
     this.changed(null);
   }
 
@@ -196,9 +195,17 @@ export class DeviceStore {
     this.changed(new Set([evt.device]));
   }
 
+  /** What this identity may do (welcome, or `permissions` after an ACL reload): a device it may no longer read is gone. */
   setPermissions(permissions) {
     this.permissions = permissions && typeof permissions === 'object' ? permissions : null;
+    const read = this.permissions?.read;
+    if (Array.isArray(read)) this.forget((id) => !read.some((pattern) => globMatch(pattern, id)));
     this.changed(null);
+  }
+
+  /** Drops every device `gone(id)` says is gone. */
+  forget(gone) {
+    for (const id of [...this.devices.keys()]) if (gone(id)) this.devices.delete(id);
   }
 
   /** Whether this identity may send commands to the device (true until the bridge says otherwise). */
