@@ -286,7 +286,7 @@ test('with an epoch, resume names the last seq received per device; a recovered 
   s2.deliver({ type: 'telemetry', device: 'a', seq: 9, ts: 5, data: { power: 4 } });
   assert.deepEqual(rec.of('telemetry').map((e) => e.seq), [6, 7, 8, 9], 'each reading once, in order');
   const snap = rec.of('snapshot').at(-1);
-  assert.deepEqual([snap.resumed, snap.recovered], [true, true]);
+  assert.deepEqual([snap.resumed, snap.recovered, snap.epoch], [true, true, 'ep1']);
 });
 
 test('permissions, forbidden and rate-limited commands', () => {

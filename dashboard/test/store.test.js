@@ -74,14 +74,30 @@ test('history joins the live points by seq: no repeats, oldest first, within the
   assert.deepEqual(store.seriesValues(a, 'power'), [7, 8, 9, 10, 11]);
 });
 
-test('after a restart the new stream continues the chart instead of sorting into it', () => {
+test('after a restart (a new epoch) the new stream continues the chart instead of sorting into it', () => {
   const { store } = setup();
-  store.applySnapshot({ devices: [{ id: 'a', meta: META, presence: 'online', telemetry: { power: 1 }, seq: 500, ts: 1 }] });
+  store.applySnapshot({ devices: [{ id: 'a', meta: META, presence: 'online', telemetry: { power: 1 }, seq: 500, ts: 1 }], epoch: 'e1' });
   store.applyTelemetry({ device: 'a', seq: 501, ts: 2, data: { power: 2 } });
-  store.applySnapshot({ devices: [{ id: 'a', meta: META, presence: 'online', telemetry: { power: 3 }, seq: 1, ts: 3 }], recovered: false });
+  store.applySnapshot({ devices: [{ id: 'a', meta: META, presence: 'online', telemetry: { power: 3 }, seq: 1, ts: 3 }], recovered: false, epoch: 'e2' });
   store.applyTelemetry({ device: 'a', seq: 2, ts: 4, data: { power: 4 } });
   store.fillSeries('a', [{ seq: 1, ts: 3, data: { power: 3 } }]);
   assert.deepEqual(store.seriesValues(store.devices.get('a'), 'power'), [1, 2, 3, 4]);
+});
+
+test('a fresh snapshot of the same epoch keeps the numbering: history joins without repeats', () => {
+  // A resync without resuming (a resume point too big to send, or a gap the ring lost).
+  const { store } = setup();
+  store.applySnapshot({ devices: [{ id: 'a', meta: META, presence: 'online', telemetry: { power: 10 }, seq: 10, ts: 10 }], epoch: 'e1' });
+  for (const seq of [11, 12, 13]) store.applyTelemetry({ device: 'a', seq, ts: seq, data: { power: seq } });
+  store.applySnapshot({ devices: [{ id: 'a', meta: META, presence: 'online', telemetry: { power: 15 }, seq: 15, ts: 15 }], recovered: false, epoch: 'e1' });
+  store.fillSeries('a', [12, 13, 14, 15].map((seq) => ({ seq, ts: seq, data: { power: seq } })));
+  assert.deepEqual(store.seriesValues(store.devices.get('a'), 'power'), [11, 12, 13, 14, 15]);
+
+  // Then the bridge restarts: the old points stay before the new stream's.
+  store.applySnapshot({ devices: [{ id: 'a', meta: META, presence: 'online', telemetry: { power: 1 }, seq: 1, ts: 16 }], recovered: false, epoch: 'e2' });
+  store.fillSeries('a', [{ seq: 1, ts: 16, data: { power: 1 } }]);
+  store.applyTelemetry({ device: 'a', seq: 2, ts: 17, data: { power: 2 } });
+  assert.deepEqual(store.seriesValues(store.devices.get('a'), 'power'), [13, 14, 15, 1, 2]);
 });
 
 test('control rights follow the bridge globs; unknown means allowed', () => {

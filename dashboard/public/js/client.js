@@ -295,6 +295,7 @@ export class BridgeClient {
     }
     this.emit('snapshot', {
       devices,
+      epoch: typeof msg.epoch === 'string' ? msg.epoch : null,
       resume: msg.resume,
       recovered: msg.recovered ?? null,
       resumed: ours && this.sentSince !== null,

@@ -21,6 +21,8 @@ export class DeviceStore {
     this.seriesLength = seriesLength;
     this.now = now;
     this.devices = new Map();
+    /** The bridge epoch the charted seqs belong to (null: unknown). */
+    this.epoch = null;
     /** 'connecting' | 'open' | 'down' | 'stopped': the page's own link to the bridge. */
     this.connection = 'connecting';
     /** 'up' | 'down' | 'unknown': the bridge's link to the broker. */
@@ -58,14 +60,17 @@ export class DeviceStore {
    * telemetry, not removals). Sparkline series survive for devices that are still there, so a
    * reconnect does not blank the charts.
    */
-  applySnapshot({ devices, recovered }) {
-    if (recovered !== true) {
-      // A new stream (often a restarted bridge numbering from 1 again): keep the charted points
-      // in their order, but below any seq the new stream can have.
+  applySnapshot({ devices, recovered, epoch = null }) {
+    // Seqs count per bridge epoch. In the same epoch the charted points keep theirs, so a fresh
+    // snapshot and the history after it join them without repeats. A new epoch (a restarted
+    // bridge counting from 1 again; or no epoch, so no telling) renumbers them in their order
+    // below any seq the new stream can have.
+    if (recovered !== true && (epoch === null || epoch !== this.epoch)) {
       for (const d of this.devices.values()) {
         for (const points of d.series.values()) points.forEach((p, i) => { p.seq = i - points.length; });
       }
     }
+    this.epoch = epoch;
     const seen = new Set();
     for (const view of devices) {
       if (typeof view?.id !== 'string') continue;
