@@ -50,6 +50,26 @@ test('control values snap to the step grid and range the device expects', () => 
   assert.equal(snapToStep('x', kelvin), null);
 });
 
+test('snapping never leaves [min, max], also where the step grid does not reach max', () => {
+  const uneven = { type: 'int', min: 0, max: 10, step: 4 };
+  assert.equal(snapToStep(10, uneven), 8, 'the grid point 12 is past max');
+  assert.equal(snapToStep(100, uneven), 8);
+  assert.equal(snapToStep(5, uneven), 4);
+  assert.equal(snapToStep(-3, uneven), 0);
+  assert.equal(snapToStep(9.9, { type: 'float', max: 9.9, step: 2 }), 8, 'without min the grid counts from 0');
+  const quarter = { type: 'float', min: 0.25, max: 0.75, step: 0.5 };
+  assert.equal(snapToStep(0.75, quarter), 0.75, 'not rounded to the step\'s one decimal (0.8)');
+  assert.equal(snapToStep(0.6, quarter), 0.75);
+  assert.equal(snapToStep(11, { type: 'int', max: 10.5 }), 10);
+  assert.equal(snapToStep(0, { type: 'int', min: 0.5, max: 3 }), 1);
+  for (let v = -5; v <= 40; v += 0.37) {
+    for (const spec of [uneven, quarter, { type: 'float', min: 5, max: 35, step: 0.5 }, { type: 'int', min: 2700, max: 6500, step: 100 }]) {
+      const snapped = snapToStep(v, spec);
+      assert.ok(snapped >= spec.min && snapped <= spec.max, `${v} -> ${snapped} outside ${spec.min}..${spec.max}`);
+    }
+  }
+});
+
 test('filter matches every word against name, id, kind, room and condition', () => {
   const d = { id: 'light-001', meta: { name: 'Kitchen Light', kind: 'light', room: 'Kitchen' } };
   assert.ok(matches(d, ''));

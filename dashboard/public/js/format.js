@@ -73,18 +73,25 @@ export function isNumericType(type) {
   return type === 'int' || type === 'float';
 }
 
-/** Rounds a control value the way the device expects it: whole for int, on the step grid for float. */
+/**
+ * Rounds a control value the way the device expects it: whole for int, on the step grid (counted
+ * from `min`) for float, and always within [min, max], also where the grid does not land on max.
+ */
 export function snapToStep(value, spec = {}) {
   let v = Number(value);
   if (!Number.isFinite(v)) return null;
-  if (typeof spec.min === 'number') v = Math.max(spec.min, v);
-  if (typeof spec.max === 'number') v = Math.min(spec.max, v);
+  const min = typeof spec.min === 'number' ? spec.min : -Infinity;
+  const max = typeof spec.max === 'number' ? spec.max : Infinity;
+  v = Math.min(max, Math.max(min, v));
   if (typeof spec.step === 'number' && spec.step > 0) {
-    const base = typeof spec.min === 'number' ? spec.min : 0;
-    v = base + Math.round((v - base) / spec.step) * spec.step;
-    const decimals = stepDecimals(spec.step) ?? 0;
-    v = Number(v.toFixed(decimals));
+    const base = Number.isFinite(min) ? min : 0;
+    // The grid has the decimals of its step and of its start (0.25 + k * 0.5 needs two).
+    const decimals = Math.max(stepDecimals(spec.step), stepDecimals(Math.abs(base)) ?? 0);
+    const at = (k) => Number((base + k * spec.step).toFixed(decimals));
+    const k = Math.round((v - base) / spec.step);
+    // The nearest grid point can lie past a max the grid does not land on: take the one below.
+    v = at(k) > max ? at(k - 1) : at(k);
   }
-  if (spec.type === 'int') v = Math.round(v);
+  if (spec.type === 'int') v = Math.min(Math.floor(max), Math.max(Math.ceil(min), Math.round(v)));
   return v;
 }
