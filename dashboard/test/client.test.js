@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { BridgeClient, SUBPROTOCOL, backoffDelay, COMMAND_GRACE_MS } from '../public/js/client.js';
+import { BridgeClient, SUBPROTOCOL, backoffDelay, COMMAND_GRACE_MS, CONNECT_TIMEOUT_MS } from '../public/js/client.js';
 import { FakeClock, recorder, socketFactory } from './fakes.js';
 
 const WELCOME = {
@@ -154,7 +154,7 @@ test('reconnectNow skips the wait; stop ends everything and never reconnects', (
   assert.equal(factory.sockets.length, 1);
   client.reconnectNow();
   assert.equal(factory.sockets.length, 2, 'connects at once');
-  assert.deepEqual(clock.pendingTimeouts(), [], 'the backoff timer was cleared');
+  assert.deepEqual(clock.pendingTimeouts(), [CONNECT_TIMEOUT_MS], 'the backoff timer was cleared; the new attempt has its deadline');
   client.stop();
   assert.equal(factory.last.closedWith.code, 1000);
   factory.last.drop();
@@ -368,4 +368,53 @@ test('a close for a message too big (1009) forgets the resume point, so the retr
   clock.advance(500);
   factory.last.accept();
   assert.equal('since' in factory.last.lastSent('subscribe'), false);
+});
+
+test('an attempt that has not connected within the deadline is given up and retried', () => {
+  const clock = new FakeClock();
+  const factory = socketFactory();
+  const client = new BridgeClient({ url: 'wss://bridge/ws', connect: factory.connect, clock, random: () => 0 });
+  const rec = recorder(client);
+  client.start();
+  const hanging = factory.last;
+  clock.advance(CONNECT_TIMEOUT_MS - 1);
+  assert.equal(client.state, 'connecting');
+  clock.advance(1);
+  assert.equal(hanging.closedWith.code, 4000);
+  assert.deepEqual([client.state, rec.of('connection').at(-1).reason], ['down', 'no connection within 10 s']);
+  hanging.accept(); // too late: the client no longer listens to it
+  assert.equal(hanging.sent.length, 0);
+  clock.advance(250);
+  assert.equal(factory.sockets.length, 2, 'retried after the backoff');
+
+  // An attempt that opens in time is not cut, however long the snapshot then takes.
+  clock.advance(CONNECT_TIMEOUT_MS - 1);
+  factory.last.accept();
+  clock.advance(CONNECT_TIMEOUT_MS);
+  assert.equal(factory.last.closedWith, null);
+  factory.last.deliver({ type: 'snapshot', req: factory.last.lastSent('subscribe').req, devices: [] });
+  assert.equal(client.state, 'open');
+});
+
+test('Retry gives up an attempt under way for a new one at once, and skips a backoff wait', () => {
+  const clock = new FakeClock();
+  const factory = socketFactory();
+  const client = new BridgeClient({ url: 'wss://bridge/ws', connect: factory.connect, clock, random: () => 0.5 });
+  client.start();
+  const hanging = factory.last;
+  clock.advance(3000);
+  client.retry();
+  assert.equal(hanging.closedWith.code, 4000);
+  assert.equal(factory.sockets.length, 2, 'a new attempt at once');
+  assert.equal(client.state, 'connecting');
+  assert.deepEqual(clock.pendingTimeouts(), [CONNECT_TIMEOUT_MS], 'only the new attempt\'s deadline is pending');
+
+  factory.last.drop(1006);
+  assert.equal(client.state, 'down');
+  client.retry();
+  assert.equal(factory.sockets.length, 3, 'no wait for the backoff');
+  factory.last.accept();
+  factory.last.deliver({ type: 'snapshot', req: factory.last.lastSent('subscribe').req, devices: [] });
+  client.retry();
+  assert.equal(factory.sockets.length, 3, 'an open connection is kept');
 });

@@ -20,7 +20,7 @@ const client = new BridgeClient({
 const store = new DeviceStore();
 const view = new DashboardView(window, store, {
   send: (device, params) => client.command(device, params),
-  retry: () => client.reconnectNow(),
+  retry: () => client.retry(),
 });
 
 /**

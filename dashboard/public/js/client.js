@@ -10,8 +10,9 @@
 //   a short drop is replayed without gaps; a point too big for the bridge's frame limit (thousands
 //   of devices) is forgotten for a fresh snapshot rather than refused on every retry;
 // - drops telemetry it has already seen (per-device `seq`), so nothing is shown twice;
-// - reconnects by itself with exponential backoff and jitter, and notices a dead connection
-//   with an application-level `ping` (browsers cannot send WebSocket pings);
+// - reconnects by itself with exponential backoff and jitter, gives up an attempt that has not
+//   connected within 10 s, and notices a dead connection with an application-level `ping`
+//   (browsers cannot send WebSocket pings);
 // - tracks each command from `pending` to a final status, including the cases where no answer
 //   can come (socket closed, bridge silent).
 
@@ -24,6 +25,11 @@ const COMMAND_ERROR_STATUSES = new Set(['forbidden', 'rate_limited']);
 
 export const DEFAULT_BACKOFF = Object.freeze({ initialMs: 500, maxMs: 15000, factor: 2 });
 export const DEFAULT_HEARTBEAT = Object.freeze({ intervalMs: 20000 });
+/**
+ * How long opening the WebSocket (TCP, TLS, upgrade) may take. A browser waits minutes on a
+ * network that drops packets; this gives such an attempt up and retries.
+ */
+export const CONNECT_TIMEOUT_MS = 10000;
 /** Extra time the client waits past a command's own timeout before it gives up on the bridge. */
 export const COMMAND_GRACE_MS = 5000;
 export const DEFAULT_COMMAND_TIMEOUT_MS = 10000;
@@ -80,6 +86,7 @@ export class BridgeClient {
     this.attempt = 0;
     this.retryTimer = null;
     this.retryAt = null;
+    this.connectTimer = null;
     this.heartbeatTimer = null;
     this.awaitingPong = false;
     this.nextReq = 1;
@@ -129,6 +136,7 @@ export class BridgeClient {
   stop() {
     this.state = 'stopped';
     this.clearRetry();
+    this.clearConnectTimer();
     this.stopHeartbeat();
     this.dropSocket(1000, 'page closed');
     this.failPending('lost', 'the dashboard stopped before the device answered');
@@ -140,6 +148,12 @@ export class BridgeClient {
     if (this.state !== 'down') return;
     this.clearRetry();
     this.open();
+  }
+
+  /** The person asked to retry: as `reconnectNow`, and an attempt under way is given up for a new one. */
+  retry() {
+    if (this.state === 'connecting') this.abandon('given up for a new attempt');
+    this.reconnectNow();
   }
 
   /**
@@ -176,6 +190,10 @@ export class BridgeClient {
       return;
     }
     this.socket = socket;
+    this.connectTimer = this.clock.setTimeout(() => {
+      this.connectTimer = null;
+      this.abandon(`no connection within ${CONNECT_TIMEOUT_MS / 1000} s`);
+    }, CONNECT_TIMEOUT_MS);
     socket.onopen = () => this.onSocketOpen(socket);
     socket.onmessage = (event) => this.onSocketMessage(socket, event.data);
     socket.onclose = (event) => this.onSocketClosed(socket, event?.code ?? 1006, event?.reason ?? '');
@@ -185,6 +203,7 @@ export class BridgeClient {
 
   onSocketOpen(socket) {
     if (socket !== this.socket) return;
+    this.clearConnectTimer();
     this.subscribeReq = this.req('s');
     const msg = { type: 'subscribe', req: this.subscribeReq, devices: this.patterns };
     const since = this.resumePoint();
@@ -305,6 +324,7 @@ export class BridgeClient {
   onSocketClosed(socket, code, reason) {
     if (socket !== null && socket !== this.socket) return;
     this.socket = null;
+    this.clearConnectTimer();
     this.stopHeartbeat();
     this.failPending('lost', 'the connection to the bridge closed before the device answered; the control shows the reported state');
     for (const [, waiter] of this.historyWaiters) waiter.reject(new Error('connection closed'));
@@ -328,6 +348,17 @@ export class BridgeClient {
     if (this.retryTimer !== null) this.clock.clearTimeout(this.retryTimer);
     this.retryTimer = null;
     this.retryAt = null;
+  }
+
+  clearConnectTimer() {
+    if (this.connectTimer !== null) this.clock.clearTimeout(this.connectTimer);
+    this.connectTimer = null;
+  }
+
+  /** Gives up on the current socket as if it had closed: the usual retry follows. */
+  abandon(reason) {
+    this.dropSocket(4000, reason);
+    this.onSocketClosed(null, 4000, reason);
   }
 
   /** Closes the current socket and forgets it, so its late events are ignored. */
@@ -357,8 +388,7 @@ export class BridgeClient {
   /** Nothing heard for a whole interval after a ping: the connection is dead even if TCP has not noticed. */
   heartbeat() {
     if (this.awaitingPong) {
-      this.dropSocket(4000, 'no answer to ping');
-      this.onSocketClosed(null, 4000, 'no answer to ping');
+      this.abandon('no answer to ping');
       return;
     }
     this.awaitingPong = true;
