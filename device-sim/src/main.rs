@@ -503,7 +503,19 @@ async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version are not errors; a flag clap cannot read is unusable like any
+        // other (64, not clap's own 2), so scripts see one code for every usage mistake.
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     // `fleet` runs for hours and says what it does; `run` and `check` print their own lines
     // (progress, summary) and keep logs for trouble. RUST_LOG overrides both.
     let default_filter = match cli.command {

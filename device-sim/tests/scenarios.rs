@@ -296,3 +296,28 @@ async fn faults_fired_by_hand_take_devices_down_and_bring_them_back() {
     fleet.stop().await;
     stack.shutdown().await;
 }
+
+/// A flag it cannot read is a usage mistake like a bad scenario: exit 64, with clap's message;
+/// `--help` is no mistake.
+#[test]
+fn unreadable_flags_exit_64_and_help_exits_0() {
+    let sim = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_device-sim"))
+            .args(args)
+            .output()
+            .expect("device-sim runs")
+    };
+    for args in [
+        &["run", "scenario.toml", "--duration", "fast"][..],
+        &["fleet", "--no-such-flag"],
+        &["launch"],
+    ] {
+        let out = sim(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains("error:"), "{args:?}: {stderr}");
+    }
+    let help = sim(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage"));
+}
