@@ -79,8 +79,8 @@ function standInBridge(ws) {
 
 const browser = await chromium.launch({ executablePath: chromiumPath(), args: CHROMIUM_ARGS });
 try {
-  // Reduced motion stops the Live pill's pulse, which repaints every frame whatever the page
-  // does; what is left is the refresh.
+  // Reduced motion stops the Live pill's pulse (which in pages before it moved to the
+  // compositor repainted every frame), so that what is measured is the refresh alone.
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 }, reducedMotion: 'reduce' });
   await page.route(`${ORIGIN}/**`, (route) => {
     const file = new URL(route.request().url()).pathname.replace(/\/$/, '/index.html');
