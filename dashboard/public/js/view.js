@@ -76,6 +76,9 @@ export class DashboardView {
       this.schedule(null);
     });
     this.ui.retry.addEventListener('click', () => this.actions.retry());
+    /** Ids of the cards on or near the screen: the clock rewrites only their ages. */
+    this.onScreen = new Set();
+    this.sightings = new win.IntersectionObserver((entries) => this.sighted(entries), { rootMargin: '200px 0px' });
     // Only changed devices are re-rendered; null means "all of them".
     this.dirty = null;
     store.onChange((ids) => this.schedule(ids));
@@ -97,9 +100,28 @@ export class DashboardView {
       if (!d) continue;
       const { status, reason } = this.store.condition(d, now);
       if (status !== card.condition.status || reason !== card.condition.reason) turned.add(id);
-      else card.renderAge(d, now);
+      // Each rewritten age is a card to lay out again: thousands a second would be most of
+      // the page's work. Those off screen catch up when they come into view.
+      else if (this.onScreen.has(id)) card.renderAge(d, now);
     }
     if (turned.size > 0) this.schedule(turned);
+  }
+
+  /** Cards coming into view (their ages up to date at once) or going out of it. */
+  sighted(entries) {
+    const now = Date.now();
+    for (const { target, isIntersecting } of entries) {
+      const id = target.dataset.device;
+      // News of a card since replaced or removed.
+      if (this.cards.get(id)?.el !== target) continue;
+      if (!isIntersecting) {
+        this.onScreen.delete(id);
+        continue;
+      }
+      this.onScreen.add(id);
+      const d = this.store.devices.get(id);
+      if (d) this.cards.get(id).renderAge(d, now);
+    }
   }
 
   loadGrouping() {
@@ -161,13 +183,13 @@ export class DashboardView {
     for (const d of devices) {
       let card = this.cards.get(d.id);
       if (card && card.signature !== metaSignature(d.meta)) {
-        card.el.remove();
+        this.dropCard(card);
         card = null;
-        this.layoutKey = '';
       }
       if (!card) {
         card = new DeviceCard(this.doc, d, { send: this.actions.send, seriesLength: SERIES_LENGTH });
         this.cards.set(d.id, card);
+        this.sightings.observe(card.el);
       } else if (dirty !== null && !dirty.has(d.id)) {
         continue;
       }
@@ -175,13 +197,19 @@ export class DashboardView {
     }
     for (const [id, card] of this.cards) {
       if (!this.store.devices.has(id)) {
-        card.el.remove();
+        this.dropCard(card);
         this.cards.delete(id);
-        this.layoutKey = '';
       }
     }
     this.layout(groups);
     this.renderSummary(devices, shown, conditions);
+  }
+
+  dropCard(card) {
+    this.sightings.unobserve(card.el);
+    this.onScreen.delete(card.id);
+    card.el.remove();
+    this.layoutKey = '';
   }
 
   /** Re-arranges cards only when the grouping or the set of shown devices changed. */
