@@ -65,8 +65,10 @@ test('history joins the live points by seq: no repeats, oldest first, within the
   store.applyTelemetry({ device: 'a', seq: 11, ts: 11, data: { power: 11 } });
   const samples = [6, 7, 8, 9, 10].map((seq) => ({ seq, ts: seq, data: { power: seq, mode: 'a' } }));
   samples.push({ seq: 5, ts: 5, data: { power: null } }, { bad: true });
-  store.fillSeries('a', samples);
   const a = store.devices.get('a');
+  const version = a.seriesVersion;
+  store.fillSeries('a', samples);
+  assert.ok(a.seriesVersion > version, 'the charts know to draw again');
   assert.deepEqual(store.seriesValues(a, 'power'), [7, 8, 9, 10, 11]);
   assert.equal(a.series.has('mode'), false);
   // A late live reading that history already brought is not added again.

@@ -1,7 +1,7 @@
 // One device card, built from the device's `meta` alone and updated in place on every change, so
 // focus and a half-moved slider survive the live stream.
 
-import { createControl } from './controls.js';
+import { createControl, setAttr, setProp } from './controls.js';
 import { formatValue, humanize, isNumericType, relativeTime } from './format.js';
 import { kindIcon } from './icons.js';
 import { createSparkline, updateSparkline } from './sparkline.js';
@@ -102,7 +102,7 @@ export class DeviceCard {
     value.append(num);
     if (spec.unit) value.append(el(doc, 'span', { class: 'unit' }, spec.unit));
     row.append(el(doc, 'dt', { class: 'metric-label' }, humanize(field)), value);
-    m = { row, num, spec, spark: null, summary: null };
+    m = { row, num, spec, spark: null, summary: null, drawn: null };
     if (numeric) {
       const sparkBox = el(doc, 'dd', { class: 'metric-spark' });
       m.spark = createSparkline(doc);
@@ -117,18 +117,20 @@ export class DeviceCard {
 
   update(device, condition, now, controllable = true) {
     this.condition = condition;
-    this.el.dataset.condition = condition.status;
-    this.badge.dataset.condition = condition.status;
+    setAttr(this.el, 'data-condition', condition.status);
+    setAttr(this.badge, 'data-condition', condition.status);
     const label = CONDITION_LABELS[condition.status] ?? condition.status;
     const badgeText = this.badge.lastChild;
     if (badgeText.textContent !== label) badgeText.textContent = label;
-    this.badge.title = condition.reason;
+    setAttr(this.badge, 'title', condition.reason);
 
     for (const field of telemetryFields(device)) {
       const m = this.metric(device, field);
       const text = formatValue(device.telemetry?.[field], m.spec);
       if (m.num.textContent !== text) m.num.textContent = text;
-      if (m.spark) {
+      // Redrawn only when the series moved: a path set again, even unchanged, is laid out again.
+      if (m.spark && m.drawn !== device.seriesVersion) {
+        m.drawn = device.seriesVersion;
         const series = (device.series.get(field) ?? []).map((p) => p.v);
         updateSparkline(m.spark, series, this.seriesLength);
         m.summary.textContent = series.length > 1
@@ -136,13 +138,13 @@ export class DeviceCard {
           : '';
       }
     }
-    this.metricList.hidden = this.metrics.size === 0;
+    setProp(this.metricList, 'hidden', this.metrics.size === 0);
 
     for (const [name, control] of this.controls) {
       control.setEnabled(controllable);
       control.update(device.state?.[name], device.commands.get(name), now);
     }
-    this.readonly.hidden = controllable;
+    setProp(this.readonly, 'hidden', controllable);
     this.renderAge(device, now);
   }
 

@@ -44,6 +44,16 @@ export function commandText(cmd, spec, now) {
   }
 }
 
+/** Sets an attribute only when it changes: writing the same value again still costs a layout. */
+export function setAttr(node, name, value) {
+  if (node.getAttribute(name) !== value) node.setAttribute(name, value);
+}
+
+/** The same for a property (`hidden`, `disabled`). */
+export function setProp(node, name, value) {
+  if (node[name] !== value) node[name] = value;
+}
+
 function el(doc, tag, attrs = {}, text) {
   const node = doc.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -138,7 +148,7 @@ class Control {
 
   showStatus(text, status) {
     if (this.status.textContent !== text) this.status.textContent = text;
-    this.status.dataset.status = text ? status : '';
+    setAttr(this.status, 'data-status', text ? status : '');
   }
 
   suffix() {
@@ -179,9 +189,9 @@ class SwitchControl extends Control {
 
   render(busy) {
     const on = this.reported === true;
-    this.button.setAttribute('aria-checked', String(on));
-    this.button.dataset.unknown = String(typeof this.reported !== 'boolean');
-    this.button.setAttribute('aria-busy', String(busy));
+    setAttr(this.button, 'aria-checked', String(on));
+    setAttr(this.button, 'data-unknown', String(typeof this.reported !== 'boolean'));
+    setAttr(this.button, 'aria-busy', String(busy));
     let text = typeof this.reported === 'boolean' ? (on ? 'On' : 'Off') : 'Unknown';
     if (busy && this.draft !== null && this.draft !== this.reported) text = this.draft ? 'Turning on…' : 'Turning off…';
     if (this.text.textContent !== text) this.text.textContent = text;
@@ -234,13 +244,13 @@ class RangeControl extends Control {
     // While a draft exists the thumb is where the person put it; afterwards it follows the device.
     const value = shown === null ? String(this.spec.min) : String(shown);
     if (this.input.value !== value) this.input.value = value;
-    this.input.dataset.unknown = String(shown === null);
-    this.input.setAttribute('aria-valuetext', shown === null ? 'unknown' : withUnit(shown, this.spec));
+    setAttr(this.input, 'data-unknown', String(shown === null));
+    setAttr(this.input, 'aria-valuetext', shown === null ? 'unknown' : withUnit(shown, this.spec));
     const text = this.outputText();
     if (this.output.textContent !== text) this.output.textContent = text;
     const at = shown ?? this.spec.min;
-    this.minus.disabled = this.enabled === false || at <= this.spec.min;
-    this.plus.disabled = this.enabled === false || at >= this.spec.max;
+    setProp(this.minus, 'disabled', this.enabled === false || at <= this.spec.min);
+    setProp(this.plus, 'disabled', this.enabled === false || at >= this.spec.max);
   }
 }
 
@@ -310,10 +320,10 @@ class SelectControl extends Control {
   render(busy) {
     const shown = this.draft ?? this.reported;
     const known = (this.spec.choices ?? []).some((c) => c === shown);
-    this.unknownOption.hidden = known;
+    setProp(this.unknownOption, 'hidden', known);
     const value = known ? String(shown) : '';
     if (this.select.value !== value) this.select.value = value;
-    this.select.setAttribute('aria-busy', String(busy));
+    setAttr(this.select, 'aria-busy', String(busy));
   }
 }
 

@@ -47,7 +47,7 @@ export class DeviceStore {
     if (!d) {
       d = {
         id, meta: null, presence: 'unknown', state: {}, telemetry: {}, telemetryTs: null,
-        receivedAt: null, intervals: [], series: new Map(), commands: new Map(),
+        receivedAt: null, intervals: [], series: new Map(), seriesVersion: 0, commands: new Map(),
       };
       this.devices.set(id, d);
     }
@@ -111,6 +111,7 @@ export class DeviceStore {
 
   /** Adds one reading per numeric field; a seq already charted is not charted twice. */
   pushSeries(d, data, seq) {
+    d.seriesVersion += 1;
     for (const [field, value] of Object.entries(data)) {
       if (typeof value !== 'number' || !Number.isFinite(value)) continue;
       const type = d.meta?.telemetry?.[field]?.type;
@@ -158,6 +159,7 @@ export class DeviceStore {
       if (!d.series.has(field)) d.series.set(field, []);
       this.mergePoints(d.series.get(field), points);
     }
+    d.seriesVersion += 1;
     this.changed(new Set([device]));
   }
 

@@ -2,6 +2,7 @@
 // Renders from the store once per animation frame at most; cards are kept and updated in place.
 
 import { DeviceCard, metaSignature, CONDITION_LABELS } from './card.js';
+import { setAttr, setProp } from './controls.js';
 import { GROUPINGS, groupDevices, matches } from './finder.js';
 import { SERIES_LENGTH } from './store.js';
 
@@ -275,8 +276,8 @@ export class DashboardView {
     else if (devices.length === 0) empty = 'No devices yet. A device appears here as soon as it publishes its meta to the broker.';
     else if (shown.length === 0) empty = `No device matches “${this.query.trim()}”.`;
     if (this.ui.empty.textContent !== empty) this.ui.empty.textContent = empty;
-    this.ui.empty.hidden = !empty;
-    this.ui.groups.setAttribute('aria-busy', String(waiting));
+    setProp(this.ui.empty, 'hidden', !empty);
+    setAttr(this.ui.groups, 'aria-busy', String(waiting));
   }
 
   renderStatus(now) {
@@ -289,18 +290,18 @@ export class DashboardView {
     else if (conn === 'open') [state, text] = ['ok', 'Live'];
     else if (conn === 'down') [state, text] = ['warn', this.ready ? 'Reconnecting…' : 'No connection'];
     else [state, text] = ['idle', this.ready ? 'Reconnecting…' : 'Connecting…'];
-    this.ui.pill.dataset.state = state;
+    setAttr(this.ui.pill, 'data-state', state);
     if (this.ui.pillText.textContent !== text) this.ui.pillText.textContent = text;
 
     const connDown = conn === 'down' || (conn === 'connecting' && this.ready);
-    this.ui.connBanner.hidden = !connDown;
+    setProp(this.ui.connBanner, 'hidden', !connDown);
     let countdown = 'Connecting…';
     if (conn === 'down' && this.retryAt !== null) {
       const s = Math.max(0, Math.ceil((this.retryAt - now) / 1000));
       countdown = s > 0 ? `Retrying in ${s} s.` : 'Retrying…';
     }
     if (this.ui.connCountdown.textContent !== countdown) this.ui.connCountdown.textContent = countdown;
-    this.ui.brokerBanner.hidden = !(conn === 'open' && broker === 'down');
+    setProp(this.ui.brokerBanner, 'hidden', !(conn === 'open' && broker === 'down'));
 
     const title = state === 'ok' ? this.baseTitle : `(${text}) ${this.baseTitle}`;
     if (this.doc.title !== title) this.doc.title = title;
