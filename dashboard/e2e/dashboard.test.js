@@ -401,7 +401,10 @@ describe('dashboard against a real bridge', () => {
     await page.setViewportSize(DESKTOP);
   });
 
-  test('screenshots at desktop and phone size, light and dark', { timeout: 20000 }, async () => {
+  // It waits until the page has been live for 12 s, then takes six pictures, two of them full
+  // page: some 25 s on a quiet 2-core machine with software rendering. It asserts nothing about
+  // time, so its budget is generous.
+  test('screenshots at desktop and phone size, light and dark', { timeout: 60000 }, async () => {
     // Let the sparklines fill a little more so the pictures show what a person sees after a while.
     await sleep(Math.max(0, 12000 - (Date.now() - loadedAt)));
     await page.evaluate(() => document.activeElement?.blur());
