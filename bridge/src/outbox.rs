@@ -261,6 +261,12 @@ impl Outbox {
                 return self.nudge();
             }
             slot.next_allowed = now + interval;
+            // A frame still held here was due but not yet released (the session's timer fires
+            // late on a busy runtime). This newer one goes instead: released later, the older
+            // one would arrive after it.
+            if slot.held.take().is_some() {
+                inner.conflated += 1;
+            }
         }
         self.push(frame);
     }
@@ -657,6 +663,27 @@ mod tests {
         assert_eq!(texts(&out), ["a:3"]);
         assert_eq!(info.conflated, 0);
         assert!(ob.next_due().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_finds_its_slot_open_supersedes_the_held_one() {
+        // The session's timer can fire late (a busy runtime): a newer frame arrives after the
+        // held one is due but before release_due runs. It goes at once, and the older one must
+        // not follow it later, out of order.
+        let ob = Outbox::new(16, usize::MAX);
+        let every = Duration::from_millis(100);
+        ob.push_throttled(tele("a", 1), every);
+        ob.push_throttled(tele("a", 2), every); // held
+        tokio::time::advance(every).await; // a:2 is due, but nobody released it yet
+        ob.push_throttled(tele("a", 3), every); // newer: goes now
+        let mut out = Vec::new();
+        let info = ob.drain(&mut out, 100, usize::MAX);
+        assert_eq!(texts(&out), ["a:1", "a:3"]);
+        assert_eq!(info.conflated, 1, "a:2 was superseded");
+        assert!(ob.next_due().is_none(), "nothing left held");
+        tokio::time::advance(every).await;
+        ob.release_due();
+        assert!(ob.is_empty(), "a:2 never comes after a:3");
     }
 
     #[test]
