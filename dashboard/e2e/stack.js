@@ -85,14 +85,18 @@ export class Stack {
     }
   }
 
-  /** Certificates, broker, bridge and an 8-device fleet; throws (after cleaning up) if any fails. */
-  static async start({ devices = [], fleet = 8 } = {}) {
+  /**
+   * Certificates, broker, bridge and a fleet (8 devices sending every 200 ms unless told; a
+   * `connectRate` paces how many connect per second); throws (after cleaning up) if any fails.
+   */
+  static async start({ devices = [], fleet = 8, interval = '200ms', connectRate } = {}) {
     const stack = new Stack();
     try {
       await stack.init(devices);
       await stack.startBroker();
       await stack.startBridge();
-      await stack.startFleet('fleet', ['--count', String(fleet)]);
+      const pace = connectRate ? ['--connect-rate', String(connectRate)] : [];
+      await stack.startFleet('fleet', ['--count', String(fleet), ...pace], { interval });
       return stack;
     } catch (e) {
       await stack.stop();
@@ -190,18 +194,25 @@ export class Stack {
     await this.startBridge();
   }
 
-  async startFleet(name, args) {
+  async startFleet(name, args, { interval = '200ms' } = {}) {
     const child = this.spawn(name, path.join(BIN, 'device-sim'), [
       'fleet',
       '--broker', `${HOST}:${this.brokerPort}`,
       '--ca', this.cert('ca.pem'),
       '--ca-key', this.cert('ca.key'),
-      '--interval', '200ms',
+      '--interval', interval,
       ...args,
     ]);
     await sleep(200);
     if (child.exitCode !== null) throw new Error(`device-sim ${name} exited; see test-results/logs/${name}.log`);
     return child;
+  }
+
+  /** The bridge's count of devices with this presence, from /metrics. */
+  async devicesAt(presence) {
+    const { body } = await this.get('/metrics');
+    const found = new RegExp(`^iotbridge_devices\\{presence="${presence}"\\} (\\d+)$`, 'm').exec(body);
+    return found ? Number(found[1]) : 0;
   }
 
   /** An HTTPS GET to the bridge with the test user's certificate. */

@@ -178,12 +178,13 @@ export class DeviceStore {
 
   applyDevice({ device, meta, removed }) {
     if (removed) {
-      if (this.devices.delete(device)) this.changed(null);
+      // No device to render: the page only drops its card.
+      if (this.devices.delete(device)) this.changed(new Set());
       return;
     }
     const d = this.record(device);
     d.meta = meta ?? null;
-    this.changed(null);
+    this.changed(new Set([device]));
   }
 
   /** Command progress from the client; every param it sets shows the command's status. */

@@ -1,5 +1,6 @@
 // The page: header status, banners, the find toolbar and the grouped grid of device cards.
-// Renders from the store once per animation frame at most; cards are kept and updated in place.
+// Renders from the store once per animation frame at most, a frame's worth of cards at a time;
+// cards are kept and updated in place.
 
 import { DeviceCard, metaSignature, CONDITION_LABELS } from './card.js';
 import { setAttr, setProp } from './controls.js';
@@ -7,6 +8,12 @@ import { GROUPINGS, groupDevices, matches } from './finder.js';
 import { SERIES_LENGTH } from './store.js';
 
 const GROUP_KEY = 'iot-dashboard.group';
+/** Time a render may spend building and updating cards before it leaves the rest to the next frame. */
+const FRAME_BUDGET_MS = 25;
+/** Cards that may enter a grid in one frame (see `layout`). */
+const ENTER_PER_FRAME = 100;
+/** From this many devices, cards off screen skip rendering (see `.groups[data-many]`). */
+const MANY_CARDS = 300;
 
 /**
  * Makes `children` the element children of `parent`, in this order, moving only what is out of
@@ -49,6 +56,8 @@ export class DashboardView {
     this.sections = new Map();
     this.layoutKey = '';
     this.frame = null;
+    /** No render before this (performance.now()): see `schedule`. */
+    this.restUntil = 0;
     this.retryAt = null;
     this.ready = false;
     this.baseTitle = this.doc.title;
@@ -69,12 +78,13 @@ export class DashboardView {
         if (!radio.checked) return;
         this.grouping = radio.value;
         this.saveGrouping();
-        this.schedule(null);
+        // Which cards go where changes, not what they show.
+        this.schedule(new Set());
       });
     }
     this.ui.filter.addEventListener('input', () => {
       this.query = this.ui.filter.value;
-      this.schedule(null);
+      this.schedule(new Set());
     });
     this.ui.retry.addEventListener('click', () => this.actions.retry());
     /** Ids of the cards on or near the screen: the clock rewrites only their ages. */
@@ -150,10 +160,21 @@ export class DashboardView {
       this.frame = null;
       const dirty = this.dirty;
       this.dirty = new Set();
-      this.render(dirty);
+      const started = this.win.performance.now();
+      const left = this.render(dirty);
+      // What a render costs includes the layout it causes (done now instead of before the
+      // paint, so not twice). The page then gets at least as long for everything else (typing,
+      // scrolling, the messages coming in) before the next render: with thousands of cards and
+      // telemetry for some of them in every frame, renders would otherwise take it all.
+      void this.doc.body.offsetHeight;
+      this.restUntil = this.win.performance.now() * 2 - started;
+      if (left !== null) this.schedule(left);
     };
     // A hidden tab gets no animation frames; a timer keeps it current for when it is shown.
-    this.frame = this.doc.hidden ? this.win.setTimeout(run, 250) : this.win.requestAnimationFrame(run);
+    const rest = this.restUntil - this.win.performance.now();
+    if (this.doc.hidden) this.frame = this.win.setTimeout(run, 250);
+    else if (rest > 0) this.frame = this.win.setTimeout(() => { this.frame = this.win.requestAnimationFrame(run); }, rest);
+    else this.frame = this.win.requestAnimationFrame(run);
   }
 
   welcome(msg) {
@@ -163,7 +184,8 @@ export class DashboardView {
 
   connection(evt) {
     this.retryAt = evt.state === 'down' ? evt.retryAt : null;
-    this.schedule(null);
+    // The banner and its countdown; what it means for the cards comes from the store.
+    this.schedule(new Set());
   }
 
   notify(text) {
@@ -173,6 +195,11 @@ export class DashboardView {
     if (text) this.noticeTimer = this.win.setTimeout(() => this.notify(''), 8000);
   }
 
+  /**
+   * Renders the devices in `dirty` (null: all of them), as much as fits in a frame. Returns the
+   * devices left for the next frame (a Set, possibly empty with cards still to place), or null
+   * when everything is done.
+   */
   render(dirty = null) {
     const now = Date.now();
     this.renderStatus(now);
@@ -181,29 +208,40 @@ export class DashboardView {
 
     const shown = devices.filter((d) => matches(d, this.query, CONDITION_LABELS[conditions.get(d.id).status]));
     const groups = groupDevices(shown, this.grouping);
-    for (const d of devices) {
-      let card = this.cards.get(d.id);
-      if (card && card.signature !== metaSignature(d.meta)) {
-        this.dropCard(card);
-        card = null;
-      }
-      if (!card) {
-        card = new DeviceCard(this.doc, d, { send: this.actions.send, seriesLength: SERIES_LENGTH });
-        this.cards.set(d.id, card);
-        this.sightings.observe(card.el);
-      } else if (dirty !== null && !dirty.has(d.id)) {
-        continue;
-      }
-      card.update(d, conditions.get(d.id), now, this.store.canControl(d.id));
-    }
     for (const [id, card] of this.cards) {
       if (!this.store.devices.has(id)) {
         this.dropCard(card);
         this.cards.delete(id);
       }
     }
-    this.layout(groups);
+    // Cards are built and updated for a frame's worth of time, the rest in the next frames:
+    // thousands at once (a first snapshot, a reconnect) would freeze the page for seconds. Those
+    // left over come first next time (a Set keeps its order), so a steady stream of telemetry
+    // for some devices cannot starve the others.
+    const until = Date.now() + FRAME_BUDGET_MS;
+    const later = new Set();
+    for (const id of dirty ?? devices.map((d) => d.id)) {
+      const d = this.store.devices.get(id);
+      if (!d) continue;
+      if (Date.now() > until) {
+        later.add(id);
+        continue;
+      }
+      let card = this.cards.get(id);
+      if (card && card.signature !== metaSignature(d.meta)) {
+        this.dropCard(card);
+        card = null;
+      }
+      if (!card) {
+        card = new DeviceCard(this.doc, d, { send: this.actions.send, seriesLength: SERIES_LENGTH });
+        this.cards.set(id, card);
+        this.sightings.observe(card.el);
+      }
+      card.update(d, conditions.get(id), now, this.store.canControl(id));
+    }
+    const held = this.layout(groups);
     this.renderSummary(devices, shown, conditions);
+    return later.size > 0 || held ? later : null;
   }
 
   dropCard(card) {
@@ -213,22 +251,49 @@ export class DashboardView {
     this.layoutKey = '';
   }
 
-  /** Re-arranges cards only when the grouping or the set of shown devices changed. */
+  /**
+   * Re-arranges cards only when the grouping or the set of placed cards changed. A card entering
+   * a grid (built, shown again, or moved to another group) is laid out from scratch, so at most
+   * ENTER_PER_FRAME enter in one frame and the others in the next: thousands at once (a filter
+   * cleared, a new grouping) would freeze the page for seconds. Returns whether some were held.
+   */
   layout(groups) {
-    const key = `${this.grouping}|${groups.map((g) => `${g.key}:${g.devices.map((d) => d.id).join(',')}`).join('|')}`;
-    if (key === this.layoutKey) return;
+    let room = ENTER_PER_FRAME;
+    let held = false;
+    const placed = [];
+    for (const g of groups) {
+      const grid = this.sections.get(g.key)?.grid;
+      const cards = [];
+      for (const d of g.devices) {
+        // A card not built yet (see `render`) is placed once it is.
+        const card = this.cards.get(d.id);
+        if (!card) continue;
+        if (card.el.parentNode !== grid) {
+          if (room === 0) {
+            held = true;
+            continue;
+          }
+          room -= 1;
+        }
+        cards.push(card);
+      }
+      if (cards.length > 0) placed.push({ g, cards });
+    }
+    const key = `${this.grouping}|${placed.map(({ g, cards }) => `${g.key}:${cards.map((c) => c.id).join(',')}`).join('|')}`;
+    if (key === this.layoutKey) return held;
     this.layoutKey = key;
     const sections = new Map();
-    for (const g of groups) {
-      if (g.devices.length === 0) continue;
+    for (const { g, cards } of placed) {
       const s = this.sections.get(g.key) ?? this.section(g);
       if (s.count) s.count.textContent = String(g.devices.length);
-      placeChildren(s.grid, g.devices.map((d) => this.cards.get(d.id).el));
+      placeChildren(s.grid, cards.map((c) => c.el));
       sections.set(g.key, s);
     }
     this.sections = sections;
     this.ui.groups.dataset.grouping = this.grouping;
+    this.ui.groups.toggleAttribute('data-many', this.cards.size >= MANY_CARDS);
     placeChildren(this.ui.groups, [...sections.values()].map((s) => s.el));
+    return held;
   }
 
   /** A group's section: heading and grid, kept across layouts so its cards need not move. */
