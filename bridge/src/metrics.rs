@@ -86,6 +86,7 @@ pub struct Metrics {
     commands: Vec<Histogram>,
     pub rate_limited: Counter,
     pub broker_up: Gauge,
+    pub broker_refused: Gauge,
     pub broker_connects: Counter,
     tls_failures: Vec<Counter>,
     closed: Vec<Counter>,
@@ -213,6 +214,12 @@ impl Metrics {
             "1 while the bridge's link to the broker is up",
             broker_up.clone(),
         );
+        let broker_refused = Gauge::default();
+        registry.register(
+            "broker_subscriptions_refused",
+            "Subscriptions the broker refused on the current connection (its ACL); the link is not up while any are",
+            broker_refused.clone(),
+        );
         let broker_connects = Counter::default();
         registry.register(
             "broker_connects",
@@ -282,6 +289,7 @@ impl Metrics {
             commands,
             rate_limited,
             broker_up,
+            broker_refused,
             broker_connects,
             tls_failures,
             closed,

@@ -4,14 +4,15 @@
 //! The task never awaits a publish (rumqttc #1025): commands are queued with `try_publish` from
 //! the sessions through a cloned [`LinkHandle`].
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rumqttc::{
     AsyncClient, ClientError, ConnectReturnCode, Event, EventLoop, MqttOptions, NetworkOptions,
-    Packet, Publish, QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+    Outgoing, Packet, Publish, QoS, SubAck, SubscribeFilter, SubscribeReasonCode, TlsConfiguration,
+    Transport,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -50,11 +51,12 @@ pub enum LinkError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// What sessions use to publish commands.
+/// What sessions use to publish commands, and `/readyz` to tell why the link is not up.
 #[derive(Debug, Clone)]
 pub struct LinkHandle {
     client: AsyncClient,
     prefix: Arc<str>,
+    refused: Arc<Mutex<Vec<String>>>,
 }
 
 impl LinkHandle {
@@ -63,6 +65,15 @@ impl LinkHandle {
         let topic = topic::device_topic(&self.prefix, device, Channel::Cmd);
         self.client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
+    }
+
+    /// The topic filters the broker refused on the current connection (its ACL does not grant
+    /// them); the link is not up while there are any.
+    pub fn refused(&self) -> Vec<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn disconnect(&self) {
@@ -121,6 +132,7 @@ impl MqttLink {
             handle: LinkHandle {
                 client,
                 prefix: Arc::from(config.topic_prefix.as_str()),
+                refused: Arc::default(),
             },
             hub,
             commands,
@@ -143,10 +155,19 @@ impl MqttLink {
         // When the current connection was accepted, and recent connections that did not last.
         let mut up_since: Option<Instant> = None;
         let mut short = ShortLived::default();
+        let mut subs = Subscriptions::default();
         loop {
+            let retry = subs.retry_at;
             let event = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 event = self.eventloop.poll() => event,
+                _ = sleep_until_some(retry) => {
+                    subs.retry_at = None;
+                    let filters = std::mem::take(&mut subs.refused);
+                    debug!(attempt = subs.attempts, "subscribing again to what the broker refused");
+                    self.subscribe(&mut subs, filters);
+                    continue;
+                }
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -154,31 +175,20 @@ impl MqttLink {
                         up_since = Some(Instant::now());
                         self.metrics.broker_connects.inc();
                         info!("broker connected, subscribing");
-                        // Clean session: the broker forgot our subscriptions, ask again once.
-                        if let Err(e) = self.handle.client.try_subscribe_many(self.filters.clone())
-                        {
-                            warn!(error = %e, "cannot queue subscribe");
-                        }
+                        // Clean session: the broker forgot our subscriptions, ask again.
+                        subs = Subscriptions::default();
+                        self.subscribe(&mut subs, self.filters.clone());
                     }
                 }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    let refused = ack
-                        .return_codes
-                        .iter()
-                        .filter(|c| matches!(c, SubscribeReasonCode::Failure))
-                        .count();
-                    if refused > 0 {
-                        warn!(refused, "broker refused some subscriptions; check its ACL");
-                    }
-                    info!("broker link up");
-                    self.hub.set_broker_up(true);
-                    self.metrics.broker_up.set(1);
-                }
+                Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => subs.sent(pkid),
+                Ok(Event::Incoming(Packet::SubAck(ack))) => self.on_suback(&mut subs, &ack),
                 Ok(Event::Incoming(Packet::Publish(p))) => self.on_publish(p),
                 Ok(_) => {}
                 Err(e) => {
                     self.hub.set_broker_up(false);
                     self.metrics.broker_up.set(0);
+                    subs = Subscriptions::default();
+                    self.set_refused(&subs);
                     if let Some(since) = up_since.take() {
                         // Their acks would come on this link: nothing will answer them now.
                         self.commands.fail_all(LINK_LOST);
@@ -218,6 +228,74 @@ impl MqttLink {
         let _ = tokio::time::timeout(Duration::from_millis(200), self.eventloop.poll()).await;
         self.hub.set_broker_up(false);
         info!("broker link stopped");
+    }
+
+    /// Asks the broker for `filters` (none: nothing to do).
+    fn subscribe(&self, subs: &mut Subscriptions, filters: Vec<SubscribeFilter>) {
+        if filters.is_empty() {
+            return;
+        }
+        match self.handle.client.try_subscribe_many(filters.clone()) {
+            Ok(()) => subs.queued.push_back(filters),
+            Err(e) => {
+                // Only a full request queue does this: try again like a refusal.
+                warn!(error = %e, "cannot queue subscribe");
+                subs.refused.extend(filters);
+                self.retry_later(subs);
+            }
+        }
+    }
+
+    /// The link is up once the broker granted every subscription. One it refused (its ACL
+    /// does not grant the bridge that topic) is asked for again with backoff, since the ACL may
+    /// be fixed and reloaded; until then the link is down, so `/readyz` says why and clients
+    /// are not told the bridge sees devices it cannot.
+    fn on_suback(&mut self, subs: &mut Subscriptions, ack: &SubAck) {
+        let Some(filters) = subs.in_flight.remove(&ack.pkid) else {
+            return;
+        };
+        for (filter, code) in filters.into_iter().zip(&ack.return_codes) {
+            if matches!(code, SubscribeReasonCode::Failure) {
+                subs.refused.push(filter);
+            }
+        }
+        if !subs.queued.is_empty() || !subs.in_flight.is_empty() {
+            return;
+        }
+        self.set_refused(subs);
+        if subs.refused.is_empty() {
+            subs.attempts = 0;
+            info!("broker link up");
+            self.hub.set_broker_up(true);
+            self.metrics.broker_up.set(1);
+        } else {
+            self.retry_later(subs);
+        }
+    }
+
+    fn retry_later(&self, subs: &mut Subscriptions) {
+        let delay = backoff(self.backoff_min, self.backoff_max, subs.attempts);
+        let topics = subs.topics().join(", ");
+        if subs.attempts == 0 {
+            warn!(
+                refused = %topics, retry_in = ?delay,
+                "the broker refused the bridge's subscriptions: its ACL must let the bridge's \
+                 certificate read these topics; the link stays down until it does"
+            );
+        } else {
+            debug!(refused = %topics, retry_in = ?delay, "subscriptions still refused");
+        }
+        subs.attempts = subs.attempts.saturating_add(1);
+        subs.retry_at = Some(tokio::time::Instant::now() + delay);
+    }
+
+    fn set_refused(&self, subs: &Subscriptions) {
+        self.metrics.broker_refused.set(subs.refused.len() as i64);
+        *self
+            .handle
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = subs.topics();
     }
 
     fn on_publish(&mut self, p: Publish) {
@@ -315,6 +393,39 @@ impl Sparse {
         }
         self.last = Some(now);
         Some(std::mem::take(&mut self.left_out))
+    }
+}
+
+/// The bridge's subscriptions on the current connection.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    /// Subscribe requests handed to the client, not sent yet (a packet id comes when they are).
+    queued: VecDeque<Vec<SubscribeFilter>>,
+    /// Sent, by packet id, waiting for their SubAck.
+    in_flight: HashMap<u16, Vec<SubscribeFilter>>,
+    /// Refused by the broker, to be asked for again at `retry_at`.
+    refused: Vec<SubscribeFilter>,
+    retry_at: Option<tokio::time::Instant>,
+    attempts: u32,
+}
+
+impl Subscriptions {
+    fn sent(&mut self, pkid: u16) {
+        if let Some(filters) = self.queued.pop_front() {
+            self.in_flight.insert(pkid, filters);
+        }
+    }
+
+    fn topics(&self) -> Vec<String> {
+        self.refused.iter().map(|f| f.path.clone()).collect()
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

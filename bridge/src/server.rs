@@ -173,10 +173,18 @@ fn router(shared: Arc<Shared>) -> Router {
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if shared.hub.broker_up() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "broker link down\n").into_response()
+        return (StatusCode::OK, "ready\n").into_response();
     }
+    let refused = shared.link.refused();
+    let why = if refused.is_empty() {
+        "broker link down\n".to_owned()
+    } else {
+        format!(
+            "broker link down: the broker refused the subscriptions to {} (check its ACL)\n",
+            refused.join(", ")
+        )
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
 }
 
 /// Cross-site WebSocket hijacking guard: a browser always sends `Origin`; only the bridge's own

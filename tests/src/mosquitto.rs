@@ -188,6 +188,39 @@ impl Mosquitto {
         Ok(())
     }
 
+    /// Swaps the ACL file for Mosquitto's dynamic security plugin with `config` (its JSON: clients,
+    /// roles, default access), from the next [`Mosquitto::restart`] on. Unlike the ACL file, the
+    /// plugin refuses a subscription it does not allow in the SubAck, and its rules change at
+    /// run time through `$CONTROL/dynamic-security/v1`.
+    pub fn use_dynamic_security(&self, config: &str) -> Result<(), E2eError> {
+        const PLUGIN: &str = "mosquitto_dynamic_security.so";
+        let plugin = [
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/aarch64-linux-gnu",
+            "/usr/lib",
+        ]
+        .iter()
+        .map(|dir| Path::new(dir).join(PLUGIN))
+        .find(|p| p.exists())
+        .ok_or_else(|| self.failure(format!("{PLUGIN} not found (Debian's mosquitto has it)")))?;
+        let json = self.dir.path().join("dynamic-security.json");
+        write_public(&json, config)?;
+        let rendered = std::fs::read_to_string(self.config_path())
+            .map_err(E2eError::io("reading the broker config"))?;
+        let swapped: Vec<String> = rendered
+            .lines()
+            .map(|line| match line.starts_with("acl_file ") {
+                true => format!(
+                    "plugin {}\nplugin_opt_config_file {}",
+                    plugin.display(),
+                    json.display()
+                ),
+                false => line.to_owned(),
+            })
+            .collect();
+        write_public(&self.config_path(), &(swapped.join("\n") + "\n"))
+    }
+
     /// Stops the broker if it runs and starts it again on the same port.
     pub async fn restart(&mut self) -> Result<(), E2eError> {
         self.stop().await?;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use device_sim::Kind;
+use e2e::mqtt::MqttClient;
 use e2e::{E2eError, TestEnv, WsClient};
 use serde_json::{json, Value};
 
@@ -245,5 +246,119 @@ async fn presence_is_confirmed_again_after_a_broker_restart() -> Result<(), E2eE
             .map(|d| d["presence"].clone())
     };
     assert_ne!(presence(&gone), Some(json!("online")), "{list}");
+    env.shutdown().await
+}
+
+/// A broker that does not let the bridge subscribe to a topic refuses it in the SubAck. The
+/// bridge does not call its link up with that blind spot: `/readyz` says which topics were
+/// refused, clients hear the broker is down, and the bridge asks again (with backoff, on the
+/// same connection) until the broker grants it; commands then get their acks again.
+/// Mosquitto's ACL file never refuses a subscription (it delivers nothing instead), so the
+/// broker runs its dynamic security plugin here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_subscription_keeps_the_link_down_until_the_broker_grants_it(
+) -> Result<(), E2eError> {
+    let mut env = TestEnv::new()
+        .devices(1)
+        .kinds(&[Kind::Plug])
+        .bridge_config(|c| {
+            c.broker.reconnect_min_ms = 50;
+            c.broker.reconnect_max_ms = 300;
+        })
+        .start()
+        .await?;
+    let plug = env.ids_of(Kind::Plug)[0].clone();
+    let mut client = env.connect("alice").await?;
+    client.subscribe(&["*"], "s1", WAIT).await?;
+
+    // Subscribing is denied unless a role allows it, and the bridge's role leaves out the acks.
+    // The plugin only knows the clients it lists; `e2e-admin` may change its rules.
+    let control = "$CONTROL/dynamic-security/#";
+    let subscribe =
+        |topic: &str| json!({"acltype": "subscribePattern", "topic": topic, "allow": true});
+    let bridge_acls = ["meta", "status", "telemetry", "state"]
+        .map(|channel| subscribe(&format!("iot/+/{channel}")));
+    let rules = json!({
+        "defaultACLAccess": {
+            "publishClientSend": true, "publishClientReceive": true,
+            "subscribe": false, "unsubscribe": true
+        },
+        "clients": [
+            {"username": "iot-bridge", "roles": [{"rolename": "bridge"}]},
+            {"username": plug, "roles": [{"rolename": "device"}]},
+            {"username": "e2e-admin", "roles": [{"rolename": "admin"}]}
+        ],
+        "groups": [],
+        "roles": [
+            {"rolename": "bridge", "acls": bridge_acls},
+            {"rolename": "device", "acls": [subscribe("iot/+/cmd")]},
+            {"rolename": "admin", "acls": [
+                {"acltype": "publishClientSend", "topic": control, "allow": true},
+                {"acltype": "publishClientReceive", "topic": control, "allow": true},
+                subscribe(control)
+            ]}
+        ]
+    });
+    env.mosquitto.use_dynamic_security(&rules.to_string())?;
+    env.mosquitto.restart().await?;
+    client.recv_until(broker("down"), WAIT).await?;
+    // Connected again, but refused: still down, and the reason is where operators look.
+    let started = std::time::Instant::now();
+    loop {
+        let scrape = env.metrics().await?;
+        if scrape.get("iotbridge_broker_connects_total", &[]) == 2.0
+            && scrape.get("iotbridge_broker_subscriptions_refused", &[]) == 1.0
+        {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "never refused: {scrape:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several retries later (at most 300 ms apart), the link is still down.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let refused = env.get("/readyz").await?;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.body.contains("iot/+/ack"), "{refused:?}");
+    assert!(refused.body.contains("ACL"), "{refused:?}");
+    let scrape = env.metrics().await?;
+    assert_eq!(scrape.get("iotbridge_broker_up", &[]), 0.0);
+    assert_eq!(
+        scrape.get("iotbridge_broker_subscriptions_refused", &[]),
+        1.0
+    );
+    assert!(client.backlog().all(|m| m["type"] != "broker"), "never up");
+
+    // Subscribing is allowed from now on. Unlike a change to its role (after which the plugin
+    // disconnects the bridge), this leaves it connected: its next attempt is granted.
+    let mut admin = MqttClient::connect(&env.pki, &env.mosquitto, "e2e-admin", None).await?;
+    let change = json!({"commands": [{
+        "command": "setDefaultACLAccess",
+        "acls": [{"acltype": "subscribe", "allow": true}]
+    }]});
+    admin
+        .publish("$CONTROL/dynamic-security/v1", change.to_string(), false)
+        .await?;
+    client.recv_until(broker("up"), WAIT).await?;
+    env.wait_readyz(200, WAIT).await?;
+    let scrape = env.metrics().await?;
+    assert_eq!(
+        scrape.get("iotbridge_broker_subscriptions_refused", &[]),
+        0.0
+    );
+    assert_eq!(
+        scrape.get("iotbridge_broker_connects_total", &[]),
+        2.0,
+        "granted on the same connection"
+    );
+    env.wait_online(&[plug.as_str()], WAIT).await?;
+    client.send(&set_on("c1", &plug)).await?;
+    let done = client
+        .recv_until(
+            |m| m["req"] == "c1" && !matches!(m["status"].as_str(), Some("accepted" | "sent")),
+            WAIT,
+        )
+        .await?;
+    assert_eq!(done["status"], "ok", "{done}");
+    admin.disconnect().await;
     env.shutdown().await
 }
