@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { BridgeClient, SUBPROTOCOL, backoffDelay, COMMAND_GRACE_MS, CONNECT_TIMEOUT_MS } from '../public/js/client.js';
+import { BridgeClient, SUBPROTOCOL, backoffDelay, CHECK_TIMEOUT_MS, COMMAND_GRACE_MS, CONNECT_TIMEOUT_MS } from '../public/js/client.js';
 import { FakeClock, recorder, socketFactory } from './fakes.js';
 
 const WELCOME = {
@@ -178,6 +178,33 @@ test('a silent connection is detected by ping and replaced', () => {
   assert.equal(factory.sockets.length, 2);
   first.drop(); // late close event of the dead socket changes nothing
   assert.equal(client.state, 'connecting');
+});
+
+test('back in view, an open connection is pinged and replaced within seconds if it is silent', () => {
+  const { clock, factory, client } = connected({ random: () => 0 });
+  const first = factory.last;
+  client.checkNow();
+  const ping = first.lastSent('ping');
+  assert.equal(ping.type, 'ping');
+  client.checkNow();
+  assert.equal(first.sent.filter((m) => m.type === 'ping').length, 1, 'one check at a time');
+  first.deliver({ type: 'pong', req: ping.req });
+  clock.advance(CHECK_TIMEOUT_MS);
+  assert.equal(client.state, 'open', 'it answered');
+
+  client.checkNow();
+  clock.advance(CHECK_TIMEOUT_MS - 1);
+  assert.equal(client.state, 'open');
+  clock.advance(1);
+  assert.equal(client.state, 'down', 'silent: dead');
+  assert.equal(first.closedWith.code, 4000);
+  clock.advance(250);
+  assert.equal(factory.sockets.length, 2, 'and replaced');
+
+  factory.last.drop();
+  const before = factory.sockets.length;
+  client.checkNow();
+  assert.equal(factory.sockets.length, before + 1, 'down: tries at once');
 });
 
 test('a command goes pending, then final on the bridge status, echoing req', () => {

@@ -64,10 +64,11 @@ client.on('command', (evt) => store.applyCommand(evt));
 client.on('lagging', (msg) => view.notify(`This page fell behind; ${msg.conflated} older readings were skipped.`));
 client.on('error', (msg) => view.notify(`The bridge refused a request: ${msg.message ?? msg.code}`));
 
-// Coming back online or to the tab: try at once instead of waiting out the backoff.
-window.addEventListener('online', () => client.reconnectNow());
+// Coming back online or to the tab: try at once instead of waiting out the backoff, and make
+// sure a connection that looks open still is.
+window.addEventListener('online', () => client.checkNow());
 document.addEventListener('visibilitychange', () => {
-  if (!document.hidden) client.reconnectNow();
+  if (!document.hidden) client.checkNow();
 });
 window.addEventListener('pagehide', () => client.stop());
 window.addEventListener('pageshow', (event) => {

@@ -30,6 +30,11 @@ export const DEFAULT_HEARTBEAT = Object.freeze({ intervalMs: 20000 });
  * network that drops packets; this gives such an attempt up and retries.
  */
 export const CONNECT_TIMEOUT_MS = 10000;
+/**
+ * How long an open socket has to answer the ping of `checkNow` (the page back in view, the
+ * network back): a phone that slept may hold a socket that died without a word.
+ */
+export const CHECK_TIMEOUT_MS = 5000;
 /** Extra time the client waits past a command's own timeout before it gives up on the bridge. */
 export const COMMAND_GRACE_MS = 5000;
 export const DEFAULT_COMMAND_TIMEOUT_MS = 10000;
@@ -89,6 +94,9 @@ export class BridgeClient {
     this.connectTimer = null;
     this.heartbeatTimer = null;
     this.awaitingPong = false;
+    /** Messages received on the current socket, so `checkNow` can tell whether it answered. */
+    this.messagesIn = 0;
+    this.checking = false;
     this.nextReq = 1;
 
     this.welcome = null;
@@ -148,6 +156,27 @@ export class BridgeClient {
     if (this.state !== 'down') return;
     this.clearRetry();
     this.open();
+  }
+
+  /**
+   * The page is back in view or the network is back. A connection that is down tries at once;
+   * one that looks open is pinged and replaced if nothing arrives within CHECK_TIMEOUT_MS, so
+   * a phone woken from sleep does not show stale readings as live until the next heartbeat.
+   */
+  checkNow() {
+    if (this.state === 'down') {
+      this.reconnectNow();
+      return;
+    }
+    if (this.state !== 'open' || this.checking) return;
+    const socket = this.socket;
+    const heard = this.messagesIn;
+    this.checking = true;
+    this.send({ type: 'ping', req: this.req('p') });
+    this.clock.setTimeout(() => {
+      this.checking = false;
+      if (socket === this.socket && this.messagesIn === heard) this.abandon('no answer to ping');
+    }, CHECK_TIMEOUT_MS);
   }
 
   /** The person asked to retry: as `reconnectNow`, and an attempt under way is given up for a new one. */
@@ -234,6 +263,7 @@ export class BridgeClient {
   onSocketMessage(socket, data) {
     if (socket !== this.socket) return;
     this.awaitingPong = false;
+    this.messagesIn += 1;
     let msg;
     try {
       msg = JSON.parse(typeof data === 'string' ? data : String(data));
