@@ -217,13 +217,14 @@ impl Default for ShutdownConfig {
     }
 }
 
-/// Why a configuration cannot be used.
+/// Why a configuration cannot be used. Each variant says its cause in its own message and none
+/// reports it as a `source`, so a report of the error chain says each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("invalid config {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -234,9 +235,9 @@ pub enum ConfigError {
 impl Config {
     /// Reads and parses a TOML file; relative certificate paths are taken relative to the file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let mut config = Config::from_toml(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
@@ -464,6 +465,19 @@ fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_file_that_cannot_be_read_names_its_cause_once() {
+        let err = Config::load(Path::new("no/such/bridge.toml")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("cannot read config file no/such/bridge.toml: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+        // The cause is in the message, so it is not also reported as a source.
+        assert!(std::error::Error::source(&err).is_none());
+    }
 
     const MINIMAL: &str = r#"
         [tls]
