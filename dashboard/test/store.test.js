@@ -139,7 +139,7 @@ test('state, presence and device messages; removal drops the device', () => {
 });
 
 test('condition: the page link, then the broker link, then presence, then data age', () => {
-  const { store, tick } = setup();
+  const { store, tick, at } = setup();
   store.applyDevice({ device: 'a', meta: META });
   const a = store.devices.get('a');
   assert.equal(store.condition(a).status, 'unknown');
@@ -147,7 +147,7 @@ test('condition: the page link, then the broker link, then presence, then data a
   // A steady 200 ms pace: stale after the floor, not after 4 x 200 ms.
   for (let i = 0; i < 5; i++) {
     tick(200);
-    store.applyTelemetry({ device: 'a', seq: i + 1, ts: i, data: { power: 1 } });
+    store.applyTelemetry({ device: 'a', seq: i + 1, ts: at(), data: { power: 1 } });
   }
   assert.equal(store.condition(a).status, 'online');
   tick(MIN_STALE_MS - 1);
@@ -166,15 +166,30 @@ test('condition: the page link, then the broker link, then presence, then data a
 });
 
 test('a slow device is judged by its own pace', () => {
-  const { store, tick } = setup();
+  const { store, tick, at } = setup();
   store.applyDevice({ device: 'a', meta: META });
   store.applyPresence({ device: 'a', presence: 'online' });
   for (let i = 0; i < 4; i++) {
     tick(10_000);
-    store.applyTelemetry({ device: 'a', seq: i + 1, ts: i, data: { power: 1 } });
+    store.applyTelemetry({ device: 'a', seq: i + 1, ts: at(), data: { power: 1 } });
   }
   tick(39_000);
   assert.equal(store.condition(store.devices.get('a')).status, 'online');
+  tick(2_000);
+  assert.equal(store.condition(store.devices.get('a')).status, 'stale');
+});
+
+test('readings replayed in a burst after a reconnect keep a slow device at its own pace', () => {
+  const { store, tick, at } = setup();
+  store.applyDevice({ device: 'a', meta: META });
+  store.applyPresence({ device: 'a', presence: 'online' });
+  store.applyTelemetry({ device: 'a', seq: 1, ts: at(), data: { power: 1 } });
+  // Away for 90 s: the nine readings taken every 10 s meanwhile arrive at once.
+  const since = at();
+  tick(90_000);
+  for (let i = 1; i <= 9; i++) store.applyTelemetry({ device: 'a', seq: i + 1, ts: since + i * 10_000, data: { power: i } });
+  tick(39_000);
+  assert.equal(store.condition(store.devices.get('a')).status, 'online', 'a 10 s device, 39 s after its last reading');
   tick(2_000);
   assert.equal(store.condition(store.devices.get('a')).status, 'stale');
 });

@@ -96,8 +96,12 @@ export class DeviceStore {
     if (!data || typeof data !== 'object') return;
     const d = this.record(device);
     const now = this.now();
-    if (d.receivedAt !== null && now > d.receivedAt) {
-      d.intervals.push(now - d.receivedAt);
+    // The device's pace comes from the telemetry's own times (the device's clock, or the
+    // bridge's when it sent none), so readings that arrive bunched (missed ones replayed after a
+    // reconnect) do not make a slow device look fast, and so stale within seconds.
+    const gap = typeof ts === 'number' && typeof d.telemetryTs === 'number' ? ts - d.telemetryTs : now - (d.receivedAt ?? now);
+    if (d.receivedAt !== null && gap > 0) {
+      d.intervals.push(gap);
       if (d.intervals.length > INTERVAL_SAMPLES) d.intervals.shift();
     }
     Object.assign(d.telemetry, data);
