@@ -6,13 +6,21 @@ use std::time::Duration;
 
 use device_sim::Kind;
 use e2e::mqtt::MqttClient;
-use e2e::{E2eError, TestEnv, WsClient};
+use e2e::{E2eError, TestEnv, TestEnvBuilder, WsClient};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn broker(status: &'static str) -> impl Fn(&Value) -> bool {
     move |m: &Value| m["type"] == "broker" && m["status"] == status
+}
+
+/// An environment whose bridge reconnects to the broker within 300 ms.
+fn quick_reconnects() -> TestEnvBuilder {
+    TestEnv::new().bridge_config(|c| {
+        c.broker.reconnect_min_ms = 50;
+        c.broker.reconnect_max_ms = 300;
+    })
 }
 
 fn set_on(req: &str, device: &str) -> Value {
@@ -88,14 +96,10 @@ async fn a_malformed_frame_gets_an_error_and_the_connection_keeps_working() -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_is_reported_and_telemetry_resumes() -> Result<(), E2eError> {
-    let mut env = TestEnv::new()
+    let mut env = quick_reconnects()
         .devices(3)
         .kinds(&[Kind::Plug, Kind::Sensor])
         .telemetry_interval(Duration::from_millis(100))
-        .bridge_config(|c| {
-            c.broker.reconnect_min_ms = 50;
-            c.broker.reconnect_max_ms = 300;
-        })
         .start()
         .await?;
     let plug = env.ids_of(Kind::Plug)[0].clone();
@@ -204,13 +208,9 @@ async fn a_restarted_bridge_rebuilds_every_device_from_the_broker() -> Result<()
 /// outage: a device that never comes back is not `online`, and one that does is announced again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_confirmed_again_after_a_broker_restart() -> Result<(), E2eError> {
-    let mut env = TestEnv::new()
+    let mut env = quick_reconnects()
         .devices(2)
         .kinds(&[Kind::Plug])
-        .bridge_config(|c| {
-            c.broker.reconnect_min_ms = 50;
-            c.broker.reconnect_max_ms = 300;
-        })
         .start()
         .await?;
     let (gone, back) = (
@@ -258,13 +258,9 @@ async fn presence_is_confirmed_again_after_a_broker_restart() -> Result<(), E2eE
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_subscription_keeps_the_link_down_until_the_broker_grants_it(
 ) -> Result<(), E2eError> {
-    let mut env = TestEnv::new()
+    let mut env = quick_reconnects()
         .devices(1)
         .kinds(&[Kind::Plug])
-        .bridge_config(|c| {
-            c.broker.reconnect_min_ms = 50;
-            c.broker.reconnect_max_ms = 300;
-        })
         .start()
         .await?;
     let plug = env.ids_of(Kind::Plug)[0].clone();
