@@ -30,13 +30,12 @@ struct RuleFile {
     control: Vec<String>,
 }
 
+/// Why an ACL file cannot be used. Each variant says its cause in its own message and none
+/// reports it as a `source`, so a report of the error chain says each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {
-    #[error("cannot read ACL file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read ACL file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("invalid ACL file {path}: {message}")]
     Parse { path: String, message: String },
 }
@@ -91,9 +90,9 @@ impl Acl {
 
     pub fn load(path: &Path) -> Result<Acl, AclError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| AclError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| AclError::Read {
             path: shown.clone(),
-            source,
+            error,
         })?;
         Acl::parse(&text).map_err(|message| AclError::Parse {
             path: shown,
@@ -163,6 +162,18 @@ impl Acl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_acl_file_that_cannot_be_read_names_its_cause_once() {
+        let err = Acl::load(Path::new("no/such/acl.toml")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("cannot read ACL file no/such/acl.toml: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+        assert!(std::error::Error::source(&err).is_none());
+    }
 
     const EXAMPLE: &str = r#"
         [[rule]]

@@ -45,6 +45,9 @@ const LINK_LOST: &str =
 /// after accepting it backs off instead of reconnecting at the shortest delay forever.
 const STABLE: Duration = Duration::from_secs(10);
 
+/// How long the broker has to answer a SUBSCRIBE before the bridge asks again.
+const SUBACK_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error(transparent)]
@@ -163,8 +166,19 @@ impl MqttLink {
                 event = self.eventloop.poll() => event,
                 _ = sleep_until_some(retry) => {
                     subs.retry_at = None;
-                    let filters = std::mem::take(&mut subs.refused);
-                    debug!(attempt = subs.attempts, "subscribing again to what the broker refused");
+                    let filters = if subs.awaiting() {
+                        // A broker that never answers a SUBSCRIBE would leave the link down
+                        // for good: ask for everything again (subscribing twice is harmless).
+                        warn!(
+                            waited = ?SUBACK_TIMEOUT,
+                            "no SubAck from the broker; subscribing again"
+                        );
+                        subs = Subscriptions::default();
+                        self.filters.clone()
+                    } else {
+                        debug!(attempt = subs.attempts, "subscribing again");
+                        subs.take_retry()
+                    };
                     self.subscribe(&mut subs, filters);
                     continue;
                 }
@@ -189,6 +203,13 @@ impl MqttLink {
                     self.metrics.broker_up.set(0);
                     subs = Subscriptions::default();
                     self.set_refused(&subs);
+                    // rumqttc keeps the dead connection's undelivered events, and returns them
+                    // after the next ConnAck: its Outgoing::Subscribe would be taken for the
+                    // new connection's. Device messages it had read still count.
+                    self.eventloop
+                        .state
+                        .events
+                        .retain(|e| matches!(e, Event::Incoming(Packet::Publish(_))));
                     if let Some(since) = up_since.take() {
                         // Their acks would come on this link: nothing will answer them now.
                         self.commands.fail_all(LINK_LOST);
@@ -230,18 +251,23 @@ impl MqttLink {
         info!("broker link stopped");
     }
 
-    /// Asks the broker for `filters` (none: nothing to do).
+    /// Asks the broker for `filters` (none: nothing to do); gives it SUBACK_TIMEOUT to answer.
     fn subscribe(&self, subs: &mut Subscriptions, filters: Vec<SubscribeFilter>) {
         if filters.is_empty() {
             return;
         }
         match self.handle.client.try_subscribe_many(filters.clone()) {
-            Ok(()) => subs.queued.push_back(filters),
+            Ok(()) => {
+                subs.queued.push_back(filters);
+                subs.retry_at = Some(tokio::time::Instant::now() + SUBACK_TIMEOUT);
+            }
             Err(e) => {
-                // Only a full request queue does this: try again like a refusal.
-                warn!(error = %e, "cannot queue subscribe");
-                subs.refused.extend(filters);
-                self.retry_later(subs);
+                // The request queue is full (commands fill it too): try again shortly.
+                warn!(error = %e, "cannot queue the subscribe request; trying again");
+                subs.unsent.extend(filters);
+                if !subs.awaiting() {
+                    self.retry_later(subs);
+                }
             }
         }
     }
@@ -259,32 +285,31 @@ impl MqttLink {
                 subs.refused.push(filter);
             }
         }
-        if !subs.queued.is_empty() || !subs.in_flight.is_empty() {
+        if subs.awaiting() {
             return;
         }
+        subs.retry_at = None;
         self.set_refused(subs);
-        if subs.refused.is_empty() {
+        if subs.refused.is_empty() && subs.unsent.is_empty() {
             subs.attempts = 0;
             info!("broker link up");
             self.hub.set_broker_up(true);
             self.metrics.broker_up.set(1);
-        } else {
-            self.retry_later(subs);
+            return;
         }
+        if !subs.refused.is_empty() && subs.attempts == 0 {
+            warn!(
+                refused = %subs.topics().join(", "),
+                "the broker refused the bridge's subscriptions: its ACL must let the bridge's \
+                 certificate read these topics; the link stays down until it does"
+            );
+        }
+        self.retry_later(subs);
     }
 
     fn retry_later(&self, subs: &mut Subscriptions) {
         let delay = backoff(self.backoff_min, self.backoff_max, subs.attempts);
-        let topics = subs.topics().join(", ");
-        if subs.attempts == 0 {
-            warn!(
-                refused = %topics, retry_in = ?delay,
-                "the broker refused the bridge's subscriptions: its ACL must let the bridge's \
-                 certificate read these topics; the link stays down until it does"
-            );
-        } else {
-            debug!(refused = %topics, retry_in = ?delay, "subscriptions still refused");
-        }
+        debug!(refused = %subs.topics().join(", "), retry_in = ?delay, "subscribing again later");
         subs.attempts = subs.attempts.saturating_add(1);
         subs.retry_at = Some(tokio::time::Instant::now() + delay);
     }
@@ -405,11 +430,27 @@ struct Subscriptions {
     in_flight: HashMap<u16, Vec<SubscribeFilter>>,
     /// Refused by the broker, to be asked for again at `retry_at`.
     refused: Vec<SubscribeFilter>,
+    /// Not handed to the client (its request queue was full), to be asked for at `retry_at`.
+    unsent: Vec<SubscribeFilter>,
+    /// While awaiting SubAcks, when to give up on them; otherwise when to ask again for what
+    /// was refused or unsent.
     retry_at: Option<tokio::time::Instant>,
     attempts: u32,
 }
 
 impl Subscriptions {
+    /// Whether SubAcks are still to come.
+    fn awaiting(&self) -> bool {
+        !self.queued.is_empty() || !self.in_flight.is_empty()
+    }
+
+    /// What to ask for again: everything refused or unsent.
+    fn take_retry(&mut self) -> Vec<SubscribeFilter> {
+        let mut filters = std::mem::take(&mut self.refused);
+        filters.append(&mut self.unsent);
+        filters
+    }
+
     fn sent(&mut self, pkid: u16) {
         if let Some(filters) = self.queued.pop_front() {
             self.in_flight.insert(pkid, filters);

@@ -201,8 +201,16 @@ impl Outbox {
     /// and the session closes a client that stays over capacity (see `DrainInfo::over_since`).
     pub fn push(&self, frame: Frame) {
         let mut inner = self.lock();
+        if self.push_locked(&mut inner, frame) {
+            wake_session(inner);
+        }
+    }
+
+    /// [`Outbox::push`] under a lock the caller holds (so that what it decided under that lock,
+    /// such as the order of two frames, holds in the queue); returns whether to wake the session.
+    fn push_locked(&self, inner: &mut Inner, frame: Frame) -> bool {
         if inner.closed {
-            return;
+            return false;
         }
         if inner.queue.len() >= self.capacity || inner.bytes >= self.max_bytes {
             if inner.over_since.is_none() {
@@ -219,7 +227,7 @@ impl Outbox {
                     let new_len = slot.len();
                     inner.bytes = inner.bytes - old.len() + new_len;
                     inner.conflated += 1;
-                    return;
+                    return false;
                 }
             }
         }
@@ -228,9 +236,7 @@ impl Outbox {
         inner.queue.push_back(frame);
         // Only the first frame (or, while held, the one that makes the queue worth a write)
         // finds the session waiting: it drains everything queued behind it.
-        if inner.has_work() {
-            wake_session(inner);
-        }
+        inner.has_work()
     }
 
     /// Queues telemetry at most once per `interval` per device; in between, the newest frame is
@@ -240,35 +246,35 @@ impl Outbox {
             return self.push(frame);
         };
         let now = Instant::now();
-        {
-            let mut inner = self.lock();
-            if inner.closed {
+        let mut inner = self.lock();
+        if inner.closed {
+            return;
+        }
+        let slot = inner.throttle.entry(key).or_insert(Throttle {
+            next_allowed: now,
+            interval,
+            held: None,
+        });
+        slot.interval = interval;
+        if now < slot.next_allowed {
+            if slot.held.replace(frame).is_some() {
+                inner.conflated += 1;
                 return;
             }
-            let slot = inner.throttle.entry(key).or_insert(Throttle {
-                next_allowed: now,
-                interval,
-                held: None,
-            });
-            slot.interval = interval;
-            if now < slot.next_allowed {
-                if slot.held.replace(frame).is_some() {
-                    inner.conflated += 1;
-                    return;
-                }
-                // A newly held frame may be due before the session's timer: it re-arms.
-                drop(inner);
-                return self.nudge();
-            }
-            slot.next_allowed = now + interval;
-            // A frame still held here was due but not yet released (the session's timer fires
-            // late on a busy runtime). This newer one goes instead: released later, the older
-            // one would arrive after it.
-            if slot.held.take().is_some() {
-                inner.conflated += 1;
-            }
+            // A newly held frame may be due before the session's timer: it re-arms.
+            inner.attention = true;
+            return wake_session(inner);
         }
-        self.push(frame);
+        slot.next_allowed = now + interval;
+        // A frame still held here was due but not yet released (the session's timer fires
+        // late on a busy runtime). This newer one goes instead: released later, the older
+        // one would arrive after it.
+        if slot.held.take().is_some() {
+            inner.conflated += 1;
+        }
+        if self.push_locked(&mut inner, frame) {
+            wake_session(inner);
+        }
     }
 
     /// When the earliest held frame may be sent.
@@ -282,23 +288,26 @@ impl Outbox {
             .min()
     }
 
-    /// Queues every held frame whose time has come.
+    /// Queues every held frame whose time has come. Under one lock with taking them: a newer
+    /// frame of the same device, finding its slot open right after, must queue behind them.
     pub fn release_due(&self) {
         let now = Instant::now();
+        let mut inner = self.lock();
         let mut due = Vec::new();
-        {
-            let mut inner = self.lock();
-            for t in inner.throttle.values_mut() {
-                if t.next_allowed <= now {
-                    if let Some(frame) = t.held.take() {
-                        t.next_allowed = now + t.interval;
-                        due.push(frame);
-                    }
+        for t in inner.throttle.values_mut() {
+            if t.next_allowed <= now {
+                if let Some(frame) = t.held.take() {
+                    t.next_allowed = now + t.interval;
+                    due.push(frame);
                 }
             }
         }
+        let mut wake = false;
         for frame in due {
-            self.push(frame);
+            wake |= self.push_locked(&mut inner, frame);
+        }
+        if wake {
+            wake_session(inner);
         }
     }
 
@@ -306,9 +315,12 @@ impl Outbox {
     /// back is dropped or queued now, as `held` says: left in place, it would come after newer
     /// telemetry, or after a snapshot that already carries it.
     pub fn end_throttle(&self, device: &str, held: Held) {
-        let frame = self.lock().throttle.remove(device).and_then(|t| t.held);
+        let mut inner = self.lock();
+        let frame = inner.throttle.remove(device).and_then(|t| t.held);
         if let (Some(frame), Held::Send) = (frame, held) {
-            self.push(frame);
+            if self.push_locked(&mut inner, frame) {
+                wake_session(inner);
+            }
         }
     }
 
