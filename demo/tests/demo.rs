@@ -39,6 +39,15 @@ async fn the_demo_serves_live_telemetry_to_a_certificate_holder() {
     )
     .await
     .unwrap();
+    let welcome = client.recv(WAIT).await.unwrap();
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    // The bridge's link is up once the embedded broker granted every one of its subscriptions.
+    if welcome["broker"] != "up" {
+        client
+            .recv_until(|m| m["type"] == "broker" && m["status"] == "up", WAIT)
+            .await
+            .unwrap();
+    }
     // The bridge may still be reading the fleet's retained messages when the client subscribes:
     // devices it does not know yet arrive after the snapshot, as on a dashboard.
     let snapshot = client.subscribe(&["*"], "s1", WAIT).await.unwrap();
