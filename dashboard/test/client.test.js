@@ -192,11 +192,14 @@ test('back in view, an open connection is pinged and replaced within seconds if 
   clock.advance(CHECK_TIMEOUT_MS);
   assert.equal(client.state, 'open', 'it answered');
 
+  // Frames the browser held while the page slept are not an answer: only the pong is.
   client.checkNow();
+  first.deliver({ type: 'telemetry', device: 'a', seq: 6, ts: 1, data: { t: 1 } });
+  first.deliver({ type: 'pong', req: 'p-other' });
   clock.advance(CHECK_TIMEOUT_MS - 1);
   assert.equal(client.state, 'open');
   clock.advance(1);
-  assert.equal(client.state, 'down', 'silent: dead');
+  assert.equal(client.state, 'down', 'no pong: dead');
   assert.equal(first.closedWith.code, 4000);
   clock.advance(250);
   assert.equal(factory.sockets.length, 2, 'and replaced');
@@ -205,6 +208,22 @@ test('back in view, an open connection is pinged and replaced within seconds if 
   const before = factory.sockets.length;
   client.checkNow();
   assert.equal(factory.sockets.length, before + 1, 'down: tries at once');
+});
+
+test('a check ends with its socket: the next connection is checked afresh', () => {
+  const { clock, factory, client } = connected({ random: () => 0 });
+  client.checkNow();
+  factory.last.drop(); // gone before the pong
+  clock.advance(250);
+  const second = factory.last;
+  second.accept();
+  second.deliver(WELCOME);
+  second.deliver({ type: 'snapshot', req: second.lastSent('subscribe').req, devices: [device('a', 5)], resume: 'tok2' });
+  assert.equal(client.state, 'open');
+  client.checkNow();
+  assert.equal(second.lastSent('ping')?.type, 'ping', 'the new socket is pinged');
+  clock.advance(CHECK_TIMEOUT_MS);
+  assert.equal(client.state, 'down', 'and judged by its own answer');
 });
 
 test('a command goes pending, then final on the bridge status, echoing req', () => {

@@ -179,6 +179,20 @@ test('a slow device is judged by its own pace', () => {
   assert.equal(store.condition(store.devices.get('a')).status, 'stale');
 });
 
+test('readings that arrive out of order do not make a device look slower', () => {
+  const { store, tick, at } = setup();
+  store.applyDevice({ device: 'a', meta: META });
+  store.applyPresence({ device: 'a', presence: 'online' });
+  const start = at();
+  // Taken every 10 s, delivered pairwise swapped: 2, 1, 4, 3, 6, 5, 8, 7.
+  for (const n of [2, 1, 4, 3, 6, 5, 8, 7]) {
+    tick(10_000);
+    store.applyTelemetry({ device: 'a', seq: n, ts: start + n * 10_000, data: { power: n } });
+  }
+  tick(41_000);
+  assert.equal(store.condition(store.devices.get('a')).status, 'stale', 'judged by 10 s, not 20 s');
+});
+
 test('readings replayed in a burst after a reconnect keep a slow device at its own pace', () => {
   const { store, tick, at } = setup();
   store.applyDevice({ device: 'a', meta: META });

@@ -94,9 +94,8 @@ export class BridgeClient {
     this.connectTimer = null;
     this.heartbeatTimer = null;
     this.awaitingPong = false;
-    /** Messages received on the current socket, so `checkNow` can tell whether it answered. */
-    this.messagesIn = 0;
-    this.checking = false;
+    /** The check of `checkNow` under way: `{socket, req, timer}`. */
+    this.check = null;
     this.nextReq = 1;
 
     this.welcome = null;
@@ -168,15 +167,23 @@ export class BridgeClient {
       this.reconnectNow();
       return;
     }
-    if (this.state !== 'open' || this.checking) return;
-    const socket = this.socket;
-    const heard = this.messagesIn;
-    this.checking = true;
-    this.send({ type: 'ping', req: this.req('p') });
-    this.clock.setTimeout(() => {
-      this.checking = false;
-      if (socket === this.socket && this.messagesIn === heard) this.abandon('no answer to ping');
+    if (this.state !== 'open' || this.check !== null) return;
+    // Only the pong to this ping counts: frames the browser held while the page slept may
+    // still arrive from a socket that died meanwhile.
+    const req = this.req('p');
+    if (!this.send({ type: 'ping', req })) return;
+    const timer = this.clock.setTimeout(() => {
+      this.check = null;
+      this.abandon('no answer to ping');
     }, CHECK_TIMEOUT_MS);
+    this.check = { socket: this.socket, req, timer };
+  }
+
+  /** Ends the check of `checkNow` (answered, or its socket is gone). */
+  endCheck() {
+    if (this.check === null) return;
+    this.clock.clearTimeout(this.check.timer);
+    this.check = null;
   }
 
   /** The person asked to retry: as `reconnectNow`, and an attempt under way is given up for a new one. */
@@ -263,7 +270,6 @@ export class BridgeClient {
   onSocketMessage(socket, data) {
     if (socket !== this.socket) return;
     this.awaitingPong = false;
-    this.messagesIn += 1;
     let msg;
     try {
       msg = JSON.parse(typeof data === 'string' ? data : String(data));
@@ -311,6 +317,7 @@ export class BridgeClient {
         this.emit(msg.type, msg);
         break;
       case 'pong':
+        if (this.check !== null && msg.req === this.check.req) this.endCheck();
         break;
       case 'command_status':
         this.onCommandStatus(msg);
@@ -356,6 +363,7 @@ export class BridgeClient {
     this.socket = null;
     this.clearConnectTimer();
     this.stopHeartbeat();
+    this.endCheck();
     this.failPending('lost', 'the connection to the bridge closed before the device answered; the control shows the reported state');
     for (const [, waiter] of this.historyWaiters) waiter.reject(new Error('connection closed'));
     this.historyWaiters.clear();
@@ -395,6 +403,7 @@ export class BridgeClient {
   dropSocket(code, reason) {
     const socket = this.socket;
     this.socket = null;
+    this.endCheck();
     if (!socket) return;
     socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
     try {

@@ -15,6 +15,8 @@ export const MIN_STALE_MS = 15000;
 /** A device that misses this many of its usual intervals is stale. */
 export const STALE_INTERVALS = 4;
 const INTERVAL_SAMPLES = 8;
+/** Reading times kept per device to learn its pace: INTERVAL_SAMPLES intervals between them. */
+const PACE_TIMES = INTERVAL_SAMPLES + 1;
 
 export class DeviceStore {
   constructor({ seriesLength = SERIES_LENGTH, now = () => Date.now() } = {}) {
@@ -47,7 +49,8 @@ export class DeviceStore {
     if (!d) {
       d = {
         id, meta: null, presence: 'unknown', state: {}, telemetry: {}, telemetryTs: null,
-        receivedAt: null, intervals: [], series: new Map(), seriesVersion: 0, commands: new Map(),
+        receivedAt: null, times: [], series: new Map(), seriesVersion: 0,
+        commands: new Map(),
       };
       this.devices.set(id, d);
     }
@@ -84,6 +87,7 @@ export class DeviceStore {
         if (view.ts !== d.telemetryTs) this.pushSeries(d, view.telemetry, view.seq);
         d.telemetry = { ...view.telemetry };
         d.telemetryTs = view.ts ?? d.telemetryTs;
+        if (typeof view.ts === 'number') notePace(d, view.ts);
         // The bridge's timestamp, not ours: a reconnect must not make old data look new.
         d.receivedAt = typeof view.ts === 'number' ? Math.min(view.ts, this.now()) : d.receivedAt;
       }
@@ -96,14 +100,7 @@ export class DeviceStore {
     if (!data || typeof data !== 'object') return;
     const d = this.record(device);
     const now = this.now();
-    // The device's pace comes from the telemetry's own times (the device's clock, or the
-    // bridge's when it sent none), so readings that arrive bunched (missed ones replayed after a
-    // reconnect) do not make a slow device look fast, and so stale within seconds.
-    const gap = typeof ts === 'number' && typeof d.telemetryTs === 'number' ? ts - d.telemetryTs : now - (d.receivedAt ?? now);
-    if (d.receivedAt !== null && gap > 0) {
-      d.intervals.push(gap);
-      if (d.intervals.length > INTERVAL_SAMPLES) d.intervals.shift();
-    }
+    notePace(d, typeof ts === 'number' ? ts : now);
     Object.assign(d.telemetry, data);
     d.telemetryTs = ts ?? now;
     d.receivedAt = now;
@@ -241,9 +238,10 @@ export class DeviceStore {
 
   /** How long without data before this device counts as stale, from its own recent pace. */
   staleAfter(d) {
-    if (d.intervals.length < 2) return MIN_STALE_MS;
-    const sorted = [...d.intervals].sort((a, b) => a - b);
-    const median = sorted[Math.floor(sorted.length / 2)];
+    const intervals = d.times.slice(1).map((t, i) => t - d.times[i]);
+    if (intervals.length < 2) return MIN_STALE_MS;
+    intervals.sort((a, b) => a - b);
+    const median = intervals[Math.floor(intervals.length / 2)];
     return Math.max(MIN_STALE_MS, median * STALE_INTERVALS);
   }
 
@@ -271,6 +269,20 @@ export class DeviceStore {
   list() {
     return [...this.devices.values()].sort((a, b) => sortKey(a).localeCompare(sortKey(b)) || a.id.localeCompare(b.id));
   }
+}
+
+/**
+ * Keeps the times of a device's latest readings, in order, to learn its pace from. They are
+ * the telemetry's own times (the device's clock, or the bridge's when it sent none), so
+ * readings that arrive bunched (missed ones replayed after a reconnect) or out of order do not
+ * make a device look faster or slower than it reports.
+ */
+function notePace(d, t) {
+  let i = d.times.length;
+  while (i > 0 && d.times[i - 1] > t) i -= 1;
+  if (d.times[i - 1] === t) return;
+  d.times.splice(i, 0, t);
+  if (d.times.length > PACE_TIMES) d.times.shift();
 }
 
 function sortKey(d) {

@@ -90,8 +90,8 @@ export class DashboardView {
     /** Ids of the cards on or near the screen: the clock rewrites only their ages. */
     this.onScreen = new Set();
     this.sightings = new win.IntersectionObserver((entries) => this.sighted(entries), { rootMargin: '200px 0px' });
-    // Only changed devices are re-rendered; null means "all of them".
-    this.dirty = null;
+    // The devices to render at the next frame, in order (see `schedule`).
+    this.dirty = new Set();
     store.onChange((ids) => this.schedule(ids));
     win.setInterval(() => this.tick(), 1000);
   }
@@ -152,9 +152,11 @@ export class DashboardView {
     }
   }
 
+  /** Renders `ids` (null: every device) at the next frame, after what is already waiting. */
   schedule(ids = null) {
-    if (ids === null) this.dirty = null;
-    else if (this.dirty !== null) for (const id of ids) this.dirty.add(id);
+    // Devices left over from a split render stay first: starting over from the top of the list
+    // on every full render (the connection going up and down) would starve the last ones.
+    for (const id of ids ?? this.store.list().map((d) => d.id)) this.dirty.add(id);
     if (this.frame !== null) return;
     const run = () => {
       this.frame = null;
@@ -166,14 +168,20 @@ export class DashboardView {
       // paint, so not twice). The page then gets at least as long for everything else (typing,
       // scrolling, the messages coming in) before the next render: with thousands of cards and
       // telemetry for some of them in every frame, renders would otherwise take it all.
-      void this.doc.body.offsetHeight;
+      if (!this.doc.hidden) void this.doc.body.offsetHeight;
       this.restUntil = this.win.performance.now() * 2 - started;
       if (left !== null) this.schedule(left);
     };
     // A hidden tab gets no animation frames; a timer keeps it current for when it is shown.
     const rest = this.restUntil - this.win.performance.now();
     if (this.doc.hidden) this.frame = this.win.setTimeout(run, 250);
-    else if (rest > 0) this.frame = this.win.setTimeout(() => { this.frame = this.win.requestAnimationFrame(run); }, rest);
+    else if (rest > 0) {
+      this.frame = this.win.setTimeout(() => {
+        // Hidden meanwhile: no animation frame would come.
+        if (this.doc.hidden) run();
+        else this.frame = this.win.requestAnimationFrame(run);
+      }, rest);
+    }
     else this.frame = this.win.requestAnimationFrame(run);
   }
 
@@ -279,13 +287,18 @@ export class DashboardView {
       }
       if (cards.length > 0) placed.push({ g, cards });
     }
+    // A group counts every device it shows, built or not: set even when nothing moves.
+    for (const { g } of placed) {
+      const count = this.sections.get(g.key)?.count;
+      if (count) setProp(count, 'textContent', String(g.devices.length));
+    }
     const key = `${this.grouping}|${placed.map(({ g, cards }) => `${g.key}:${cards.map((c) => c.id).join(',')}`).join('|')}`;
     if (key === this.layoutKey) return held;
     this.layoutKey = key;
     const sections = new Map();
     for (const { g, cards } of placed) {
       const s = this.sections.get(g.key) ?? this.section(g);
-      if (s.count) s.count.textContent = String(g.devices.length);
+      if (s.count) setProp(s.count, 'textContent', String(g.devices.length));
       placeChildren(s.grid, cards.map((c) => c.el));
       sections.set(g.key, s);
     }
