@@ -226,12 +226,13 @@ export class DashboardView {
     // thousands at once (a first snapshot, a reconnect) would freeze the page for seconds. Those
     // left over come first next time (a Set keeps its order), so a steady stream of telemetry
     // for some devices cannot starve the others.
-    const until = Date.now() + FRAME_BUDGET_MS;
+    const clock = this.win.performance;
+    const until = clock.now() + FRAME_BUDGET_MS;
     const later = new Set();
     for (const id of dirty ?? devices.map((d) => d.id)) {
       const d = this.store.devices.get(id);
       if (!d) continue;
-      if (Date.now() > until) {
+      if (clock.now() > until) {
         later.add(id);
         continue;
       }
