@@ -4,7 +4,7 @@
 //! The task never awaits a publish (rumqttc #1025): commands are queued with `try_publish` from
 //! the sessions through a cloned [`LinkHandle`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -164,7 +164,8 @@ impl MqttLink {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 event = self.eventloop.poll() => event,
-                _ = sleep_until_some(retry) => {
+                _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)),
+                    if retry.is_some() => {
                     subs.retry_at = None;
                     let filters = if subs.awaiting() {
                         // A broker that never answers a SUBSCRIBE would leave the link down
@@ -256,18 +257,20 @@ impl MqttLink {
         if filters.is_empty() {
             return;
         }
+        debug_assert!(!subs.awaiting(), "one subscribe request at a time");
         match self.handle.client.try_subscribe_many(filters.clone()) {
             Ok(()) => {
-                subs.queued.push_back(filters);
+                subs.request = Some(Request {
+                    pkid: None,
+                    filters,
+                });
                 subs.retry_at = Some(tokio::time::Instant::now() + SUBACK_TIMEOUT);
             }
             Err(e) => {
                 // The request queue is full (commands fill it too): try again shortly.
                 warn!(error = %e, "cannot queue the subscribe request; trying again");
                 subs.unsent.extend(filters);
-                if !subs.awaiting() {
-                    self.retry_later(subs);
-                }
+                self.retry_later(subs);
             }
         }
     }
@@ -277,16 +280,13 @@ impl MqttLink {
     /// be fixed and reloaded; until then the link is down, so `/readyz` says why and clients
     /// are not told the bridge sees devices it cannot.
     fn on_suback(&mut self, subs: &mut Subscriptions, ack: &SubAck) {
-        let Some(filters) = subs.in_flight.remove(&ack.pkid) else {
+        let Some(request) = subs.request.take_if(|r| r.pkid == Some(ack.pkid)) else {
             return;
         };
-        for (filter, code) in filters.into_iter().zip(&ack.return_codes) {
+        for (filter, code) in request.filters.into_iter().zip(&ack.return_codes) {
             if matches!(code, SubscribeReasonCode::Failure) {
                 subs.refused.push(filter);
             }
-        }
-        if subs.awaiting() {
-            return;
         }
         subs.retry_at = None;
         self.set_refused(subs);
@@ -424,10 +424,9 @@ impl Sparse {
 /// The bridge's subscriptions on the current connection.
 #[derive(Debug, Default)]
 struct Subscriptions {
-    /// Subscribe requests handed to the client, not sent yet (a packet id comes when they are).
-    queued: VecDeque<Vec<SubscribeFilter>>,
-    /// Sent, by packet id, waiting for their SubAck.
-    in_flight: HashMap<u16, Vec<SubscribeFilter>>,
+    /// The subscribe request waiting for its SubAck. There is one at a time: the first of a
+    /// connection, then a retry of what it did not get.
+    request: Option<Request>,
     /// Refused by the broker, to be asked for again at `retry_at`.
     refused: Vec<SubscribeFilter>,
     /// Not handed to the client (its request queue was full), to be asked for at `retry_at`.
@@ -439,9 +438,9 @@ struct Subscriptions {
 }
 
 impl Subscriptions {
-    /// Whether SubAcks are still to come.
+    /// Whether a SubAck is still to come.
     fn awaiting(&self) -> bool {
-        !self.queued.is_empty() || !self.in_flight.is_empty()
+        self.request.is_some()
     }
 
     /// What to ask for again: everything refused or unsent.
@@ -451,9 +450,10 @@ impl Subscriptions {
         filters
     }
 
+    /// The request went out with this packet id, which its SubAck will carry.
     fn sent(&mut self, pkid: u16) {
-        if let Some(filters) = self.queued.pop_front() {
-            self.in_flight.insert(pkid, filters);
+        if let Some(request) = self.request.as_mut().filter(|r| r.pkid.is_none()) {
+            request.pkid = Some(pkid);
         }
     }
 
@@ -462,12 +462,11 @@ impl Subscriptions {
     }
 }
 
-/// Sleeps until `at`, or forever without one.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// A subscribe request handed to the client; its packet id is known once it is sent.
+#[derive(Debug)]
+struct Request {
+    pkid: Option<u16>,
+    filters: Vec<SubscribeFilter>,
 }
 
 /// Exponential backoff with full jitter: uniform in [min, min * 2^attempt] capped at max.

@@ -262,8 +262,8 @@ impl Outbox {
                 return;
             }
             // A newly held frame may be due before the session's timer: it re-arms.
-            inner.attention = true;
-            return wake_session(inner);
+            drop(inner);
+            return self.nudge();
         }
         slot.next_allowed = now + interval;
         // A frame still held here was due but not yet released (the session's timer fires
