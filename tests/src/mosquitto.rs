@@ -207,18 +207,18 @@ impl Mosquitto {
         write_public(&json, config)?;
         let rendered = std::fs::read_to_string(self.config_path())
             .map_err(E2eError::io("reading the broker config"))?;
-        let swapped: Vec<String> = rendered
-            .lines()
-            .map(|line| match line.starts_with("acl_file ") {
-                true => format!(
-                    "plugin {}\nplugin_opt_config_file {}",
-                    plugin.display(),
-                    json.display()
-                ),
-                false => line.to_owned(),
-            })
-            .collect();
-        write_public(&self.config_path(), &(swapped.join("\n") + "\n"))
+        let Some(acl_line) = rendered.lines().find(|l| l.starts_with("acl_file ")) else {
+            return Err(self.failure("the rendered config has no acl_file line to swap"));
+        };
+        let plugin_lines = format!(
+            "plugin {}\nplugin_opt_config_file {}",
+            plugin.display(),
+            json.display()
+        );
+        write_public(
+            &self.config_path(),
+            &rendered.replacen(acl_line, &plugin_lines, 1),
+        )
     }
 
     /// Stops the broker if it runs and starts it again on the same port.

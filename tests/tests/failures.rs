@@ -23,6 +23,13 @@ fn quick_reconnects() -> TestEnvBuilder {
     })
 }
 
+/// Turns `device` on and returns the command's final status.
+async fn switch_on(client: &mut WsClient, req: &str, device: &str) -> Result<Value, E2eError> {
+    client.send(&set_on(req, device)).await?;
+    let mut statuses = client.command_statuses(req, WAIT).await?;
+    Ok(statuses.pop().unwrap_or_default())
+}
+
 fn set_on(req: &str, device: &str) -> Value {
     json!({"type": "command", "req": req, "device": device, "action": "set", "params": {"on": true}})
 }
@@ -155,13 +162,7 @@ async fn broker_restart_is_reported_and_telemetry_resumes() -> Result<(), E2eErr
     // Devices reconnect on their own backoff; every device's telemetry reaches the same,
     // still-open connection and continues its sequence.
     latest_seq_of_every_device(&env, &mut client, &before).await?;
-    client.send(&set_on("c2", &plug)).await?;
-    let done = client
-        .recv_until(
-            |m| m["req"] == "c2" && !matches!(m["status"].as_str(), Some("accepted" | "sent")),
-            WAIT,
-        )
-        .await?;
+    let done = switch_on(&mut client, "c2", &plug).await?;
     assert_eq!(done["status"], "ok", "{done}");
     env.shutdown().await
 }
@@ -347,13 +348,7 @@ async fn a_refused_subscription_keeps_the_link_down_until_the_broker_grants_it(
         "granted on the same connection"
     );
     env.wait_online(&[plug.as_str()], WAIT).await?;
-    client.send(&set_on("c1", &plug)).await?;
-    let done = client
-        .recv_until(
-            |m| m["req"] == "c1" && !matches!(m["status"].as_str(), Some("accepted" | "sent")),
-            WAIT,
-        )
-        .await?;
+    let done = switch_on(&mut client, "c1", &plug).await?;
     assert_eq!(done["status"], "ok", "{done}");
     admin.disconnect().await;
     env.shutdown().await
