@@ -94,7 +94,7 @@ export class BridgeClient {
     this.connectTimer = null;
     this.heartbeatTimer = null;
     this.awaitingPong = false;
-    /** The check of `checkNow` under way: `{socket, req, timer}`. */
+    /** The check of `checkNow` under way, `{req, timer}`; it ends with its socket. */
     this.check = null;
     this.nextReq = 1;
 
@@ -176,7 +176,7 @@ export class BridgeClient {
       this.check = null;
       this.abandon('no answer to ping');
     }, CHECK_TIMEOUT_MS);
-    this.check = { socket: this.socket, req, timer };
+    this.check = { req, timer };
   }
 
   /** Ends the check of `checkNow` (answered, or its socket is gone). */

@@ -288,25 +288,25 @@ export class DashboardView {
       }
       if (cards.length > 0) placed.push({ g, cards });
     }
-    // A group counts every device it shows, built or not: set even when nothing moves.
+    const key = `${this.grouping}|${placed.map(({ g, cards }) => `${g.key}:${cards.map((c) => c.id).join(',')}`).join('|')}`;
+    if (key !== this.layoutKey) {
+      this.layoutKey = key;
+      const sections = new Map();
+      for (const { g, cards } of placed) {
+        const s = this.sections.get(g.key) ?? this.section(g);
+        placeChildren(s.grid, cards.map((c) => c.el));
+        sections.set(g.key, s);
+      }
+      this.sections = sections;
+      this.ui.groups.dataset.grouping = this.grouping;
+      this.ui.groups.toggleAttribute('data-many', this.cards.size >= MANY_CARDS);
+      placeChildren(this.ui.groups, [...sections.values()].map((s) => s.el));
+    }
+    // A group counts every device it shows, built or not: set even when no card moves.
     for (const { g } of placed) {
-      const count = this.sections.get(g.key)?.count;
+      const count = this.sections.get(g.key).count;
       if (count) setProp(count, 'textContent', String(g.devices.length));
     }
-    const key = `${this.grouping}|${placed.map(({ g, cards }) => `${g.key}:${cards.map((c) => c.id).join(',')}`).join('|')}`;
-    if (key === this.layoutKey) return held;
-    this.layoutKey = key;
-    const sections = new Map();
-    for (const { g, cards } of placed) {
-      const s = this.sections.get(g.key) ?? this.section(g);
-      if (s.count) setProp(s.count, 'textContent', String(g.devices.length));
-      placeChildren(s.grid, cards.map((c) => c.el));
-      sections.set(g.key, s);
-    }
-    this.sections = sections;
-    this.ui.groups.dataset.grouping = this.grouping;
-    this.ui.groups.toggleAttribute('data-many', this.cards.size >= MANY_CARDS);
-    placeChildren(this.ui.groups, [...sections.values()].map((s) => s.el));
     return held;
   }
 
